@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from fakehub import fake_hub  # noqa: F401
 
 from sftkit.testing import perturbed_copy, tiny_classifier, tiny_masked_lm
 
