@@ -283,7 +283,7 @@ def convert(source, output, source_format, target_format, base) -> None:
 
         if not base:
             raise ConfigError("--to peft needs --base BASE (the adapter config names its base model)")
-        export_peft(sft, base, output)
+        export_peft(sft, base_model, output)
     else:
         save_file(sft, output)
     click.echo(f"wrote {output}: {sft.nnz:,} nonzeros in {len(sft.deltas)} tensors, {len(sft.dense)} dense tensors")
