@@ -302,7 +302,7 @@ def demo(workdir, quick) -> None:
     from sftkit.demo import format_table as format_demo
     from sftkit.demo import run_demo
 
-    result = run_demo(workdir, quick=quick)
+    result = run_demo(workdir, quick=quick, log=lambda message: click.echo(message, err=True))
     click.echo(format_demo(result))
 
 
