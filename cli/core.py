@@ -173,6 +173,9 @@ def compose(base, deltas, output, scales, language, task, registry_path, hub, fo
     from sftkit.compose import apply
     from sftkit.models import load_model_for, save_composed
 
+    out = Path(output)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{output}: directory exists and is not empty; choose another -o or pass --overwrite")
     paths = list(deltas)
     if language or task:
         from sftkit.registry import resolve

@@ -15,7 +15,14 @@ import importlib
 from typing import Any
 
 from sftkit._version import __version__
+
+# The pure modules are imported eagerly (they only need torch, which delta.py imports anyway): several
+# functions share their module's name (``extract``, ``denoise``, ``fingerprint``), and an eager import
+# binds the function, not the submodule, whatever imports ``sftkit.extract`` first.
+from sftkit.arithmetic import add, merge, negate, overlap, prune, restrict, scale, statistics, subtract  # noqa: E402
+from sftkit.compose import Composition, apply, apply_to_state_dict, composed, prepare  # noqa: E402
 from sftkit.delta import SFT, SparseDelta
+from sftkit.denoise import DenoiseConfig, denoise  # noqa: E402
 from sftkit.errors import (
     BaseMismatchError,
     ChecksumError,
@@ -24,32 +31,18 @@ from sftkit.errors import (
     MissingParameterError,
     SFTError,
 )
+from sftkit.extract import extract, select_mask  # noqa: E402
+from sftkit.fingerprint import describe_base, fingerprint  # noqa: E402
+from sftkit.format import load_file, read_metadata, safe_open, save_file  # noqa: E402
 from sftkit.metadata import BaseModelInfo, SFTMetadata
 
+# Modules that pull in transformers/peft load on first use.
 _LAZY = {
-    "save_file": "sftkit.format",
-    "load_file": "sftkit.format",
-    "safe_open": "sftkit.format",
-    "read_metadata": "sftkit.format",
-    "add": "sftkit.arithmetic",
-    "subtract": "sftkit.arithmetic",
-    "scale": "sftkit.arithmetic",
-    "negate": "sftkit.arithmetic",
-    "prune": "sftkit.arithmetic",
-    "restrict": "sftkit.arithmetic",
-    "merge": "sftkit.arithmetic",
-    "statistics": "sftkit.arithmetic",
-    "overlap": "sftkit.arithmetic",
-    "DenoiseConfig": "sftkit.denoise",
-    "denoise": "sftkit.denoise",
-    "extract": "sftkit.extract",
-    "select_mask": "sftkit.extract",
-    "apply": "sftkit.compose",
-    "composed": "sftkit.compose",
-    "Composition": "sftkit.compose",
-    "describe_base": "sftkit.fingerprint",
-    "fingerprint": "sftkit.fingerprint",
     "import_pytorch_diff": "sftkit.interop.composable_sft",
+    "train_language_sft": "sftkit.training",
+    "train_task_sft": "sftkit.training",
+    "evaluate": "sftkit.training",
+    "SFTTrainingConfig": "sftkit.training",
 }
 
 __all__ = [
@@ -64,6 +57,30 @@ __all__ = [
     "BaseMismatchError",
     "MissingParameterError",
     "ConfigError",
+    "add",
+    "subtract",
+    "scale",
+    "negate",
+    "prune",
+    "restrict",
+    "merge",
+    "statistics",
+    "overlap",
+    "apply",
+    "composed",
+    "prepare",
+    "apply_to_state_dict",
+    "Composition",
+    "DenoiseConfig",
+    "denoise",
+    "extract",
+    "select_mask",
+    "describe_base",
+    "fingerprint",
+    "save_file",
+    "load_file",
+    "safe_open",
+    "read_metadata",
     *_LAZY,
 ]
 
