@@ -42,7 +42,7 @@ from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
 
 from sftkit.compose import apply, forget, prepare
 from sftkit.delta import SFT, SparseDelta
-from sftkit.fingerprint import describe_base
+from sftkit.fingerprints import describe_base
 from sftkit.format import load_file, save_file
 from sftkit.metadata import SFTMetadata
 from sftkit.naming import canonical_parameters

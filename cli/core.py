@@ -23,7 +23,7 @@ def _value_dtype(name: str | None):  # -> torch.dtype | None
 
 
 def _denoise_config(energy: float | None, rank: int | None, residual_keep: float | None):
-    from sftkit.denoise import DenoiseConfig
+    from sftkit.denoising import DenoiseConfig
 
     if energy is not None and rank is not None:
         raise ConfigError("--denoise-energy and --denoise-rank are exclusive; give one of them")
@@ -131,7 +131,7 @@ def extract(base, finetuned, output, num_params, density, denoise_energy, denois
       sftkit extract xlmr/ xlmr-jav/ -o jav.safetensors --density 0.02 --kind language --language jav
       sftkit extract xlmr/ xlmr-jav/ -o jav.safetensors -k 7667712 --denoise-energy 0.9 --residual-keep 0.05
     """
-    from sftkit.extract import extract as extract_sft
+    from sftkit.extraction import extract as extract_sft
     from sftkit.format import save_file
     from sftkit.metadata import SFTMetadata
     from sftkit.models import load_model

@@ -7,14 +7,13 @@ the API, and the resulting SFT is written with :func:`sftkit.format.save_file`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from sftkit._io import atomic_write_text
 from sftkit.errors import ConfigError
 
 _CONFIG_OPTIONS = (
@@ -175,14 +174,7 @@ def _write_json(payload: dict[str, Any], target: str) -> None:
         return
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 @click.command()

@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from sftkit._io import atomic_write_text
 from sftkit.registry.card import render_card, tags_for
 from sftkit.registry.entry import (
     CARD_FILENAME,
@@ -64,17 +64,7 @@ def default_root() -> Path:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def _pid_alive(pid: int) -> bool:

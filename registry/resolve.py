@@ -49,7 +49,7 @@ class BaseTarget:
         if self._tried:
             return self._info
         self._tried = True
-        from sftkit.fingerprint import describe_base
+        from sftkit.fingerprints import describe_base
 
         if isinstance(self.base, BaseModelInfo):
             self._info = self.base
@@ -74,7 +74,7 @@ class _Verdict:
 
 def choose(target: BaseTarget, candidates: list[RegistryEntry], what: str) -> _Verdict:
     """Pick the one candidate made for ``target``; raise :class:`ResolveError` if several fit equally."""
-    from sftkit.fingerprint import matches
+    from sftkit.fingerprints import matches
 
     if not candidates:
         return _Verdict()

@@ -6,10 +6,10 @@ decodes every index set once (``deep``), so a structurally bad file never reache
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from sftkit._io import sha256_file as sha256_of
 from sftkit.metadata import SFTMetadata
 
 
@@ -24,14 +24,6 @@ class FileFacts:
     @property
     def density(self) -> float:
         return self.nnz / self.numel if self.numel else 0.0
-
-
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def inspect_file(path: str | Path, *, deep: bool = False) -> FileFacts:

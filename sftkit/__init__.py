@@ -16,13 +16,11 @@ from typing import Any
 
 from sftkit._version import __version__
 
-# The pure modules are imported eagerly (they only need torch, which delta.py imports anyway): several
-# functions share their module's name (``extract``, ``denoise``, ``fingerprint``), and an eager import
-# binds the function, not the submodule, whatever imports ``sftkit.extract`` first.
-from sftkit.arithmetic import add, merge, negate, overlap, prune, restrict, scale, statistics, subtract  # noqa: E402
-from sftkit.compose import Composition, apply, apply_to_state_dict, composed, prepare  # noqa: E402
+# The pure modules only need torch (which delta.py imports anyway), so they load eagerly.
+from sftkit.arithmetic import add, merge, negate, overlap, prune, restrict, scale, statistics, subtract
+from sftkit.compose import Composition, apply, apply_to_state_dict, composed, prepare
 from sftkit.delta import SFT, SparseDelta
-from sftkit.denoise import DenoiseConfig, denoise  # noqa: E402
+from sftkit.denoising import DenoiseConfig, denoise
 from sftkit.errors import (
     BaseMismatchError,
     ChecksumError,
@@ -31,9 +29,9 @@ from sftkit.errors import (
     MissingParameterError,
     SFTError,
 )
-from sftkit.extract import extract, select_mask  # noqa: E402
-from sftkit.fingerprint import describe_base, fingerprint  # noqa: E402
-from sftkit.format import load_file, read_metadata, safe_open, save_file  # noqa: E402
+from sftkit.extraction import extract, select_mask
+from sftkit.fingerprints import describe_base, fingerprint
+from sftkit.format import load_file, read_metadata, safe_open, save_file
 from sftkit.metadata import BaseModelInfo, SFTMetadata
 
 # Modules that pull in transformers/peft load on first use.

@@ -16,7 +16,7 @@ Conventions shared by all functions:
   summed. ``add``/``merge`` keep the dense tensors of every operand and refuse two *different*
   replacements for the same parameter; ``subtract`` refuses a right operand with dense tensors,
   because a replacement has no inverse.
-* Operands must agree on the base model (:func:`sftkit.fingerprint.matches`); a sum of deltas computed
+* Operands must agree on the base model (:func:`sftkit.fingerprints.matches`); a sum of deltas computed
   against different bases is meaningless, so it raises :class:`~sftkit.errors.BaseMismatchError`
   unless ``force=True``.
 """
@@ -33,7 +33,7 @@ import torch
 
 from sftkit.delta import SFT, SparseDelta
 from sftkit.errors import ConfigError
-from sftkit.fingerprint import check_base
+from sftkit.fingerprints import check_base
 from sftkit.metadata import SFTMetadata
 
 __all__ = [

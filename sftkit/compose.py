@@ -40,7 +40,7 @@ from torch import nn
 
 from sftkit.delta import SFT, SparseDelta
 from sftkit.errors import ConfigError, FormatError, MissingParameterError
-from sftkit.fingerprint import check_base, describe_base
+from sftkit.fingerprints import check_base, describe_base
 from sftkit.metadata import BaseModelInfo
 from sftkit.naming import alias_map, canonical_parameters, canonicalize_name
 

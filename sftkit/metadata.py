@@ -26,7 +26,7 @@ class BaseModelInfo:
     revision: str | None = None
     """Hub commit sha or tag when known."""
     fingerprint: str | None = None
-    """``sftkit.fingerprint.fingerprint`` of the base: structure hash + value-sample hash."""
+    """``sftkit.fingerprints.fingerprint`` of the base: structure hash + value-sample hash."""
     architecture: str | None = None
     """``config.model_type`` of the base, e.g. ``xlm-roberta``."""
     dtype: str | None = None

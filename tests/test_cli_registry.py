@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from fakehub import FakeHub
 
 from sftkit.cli.main import main
-from sftkit.extract import extract
+from sftkit.extraction import extract
 from sftkit.format import save_file
 from sftkit.metadata import SFTMetadata
 from sftkit.registry import LocalRegistry

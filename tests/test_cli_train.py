@@ -20,12 +20,7 @@ FAST = ["--full-steps", "2", "--sparse-steps", "2", "--batch-size", "8", "--max-
         "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _csv(path: Path, texts: list[str], labels: list[str]) -> Path:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sftkit import SFT, FormatError, SFTMetadata
-from sftkit.fingerprint import describe_base
+from sftkit.fingerprints import describe_base
 from sftkit.format import load_file, save_file
 from sftkit.interop.composable_sft import import_pytorch_diff
 from sftkit.naming import canonical_parameters

@@ -14,7 +14,7 @@ from torch import nn
 from sftkit.compose import apply, apply_to_state_dict, composed, prepare
 from sftkit.delta import SFT, SparseDelta
 from sftkit.errors import BaseMismatchError, ConfigError, FormatError, MissingParameterError
-from sftkit.fingerprint import describe_base
+from sftkit.fingerprints import describe_base
 from sftkit.metadata import SFTMetadata
 from sftkit.naming import alias_map, canonical_state_dict
 from sftkit.testing import perturbed_copy, tiny_classifier, tiny_masked_lm

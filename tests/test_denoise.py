@@ -5,10 +5,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
-import sftkit.denoise as denoise_module
-from sftkit.denoise import DenoiseConfig, denoise, denoise_matrix, select_rank
+import sftkit.denoising as denoise_module
+from sftkit.denoising import DenoiseConfig, denoise, denoise_matrix, select_rank
 from sftkit.errors import ConfigError
-from sftkit.extract import select_mask, topk_mask
+from sftkit.extraction import select_mask, topk_mask
 
 
 def planted_spectrum(m: int, n: int, singular_values: list[float], seed: int = 0) -> torch.Tensor:

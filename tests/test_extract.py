@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from sftkit.delta import SFT
-from sftkit.denoise import DenoiseConfig, denoise
+from sftkit.denoising import DenoiseConfig, denoise
 from sftkit.errors import ConfigError
-from sftkit.extract import extract, select_mask, topk_mask
-from sftkit.fingerprint import describe_base
+from sftkit.extraction import extract, select_mask, topk_mask
+from sftkit.fingerprints import describe_base
 from sftkit.metadata import BaseModelInfo, SFTMetadata
 from sftkit.naming import canonical_parameters, canonical_state_dict
 from sftkit.testing import perturbed_copy, tiny_classifier

@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from sftkit.compose import apply
 from sftkit.delta import SFT, SparseDelta
 from sftkit.errors import ConfigError, SFTError
-from sftkit.fingerprint import describe_base
+from sftkit.fingerprints import describe_base
 from sftkit.metadata import SFTMetadata
 from sftkit.models import load_model, load_model_for, load_tokenizer, save_composed, task_for
 from sftkit.naming import canonical_state_dict

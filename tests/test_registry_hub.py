@@ -13,7 +13,7 @@ from huggingface_hub import HfApi
 from sftkit.compose import apply
 from sftkit.delta import SFT, SparseDelta
 from sftkit.errors import ChecksumError
-from sftkit.extract import extract
+from sftkit.extraction import extract
 from sftkit.format import load_file, save_file
 from sftkit.metadata import SFTMetadata
 from sftkit.registry import (

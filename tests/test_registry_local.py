@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sftkit.errors import ChecksumError, ConfigError
-from sftkit.extract import extract
+from sftkit.extraction import extract
 from sftkit.format import save_file
 from sftkit.metadata import SFTMetadata
 from sftkit.registry import (

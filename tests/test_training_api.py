@@ -19,13 +19,7 @@ from sftkit.training.tokenizer import train_tokenizer
 K = 400
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when CI cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(**changes: object) -> SFTTrainingConfig:
@@ -87,7 +81,7 @@ def _sha(path: Path) -> str:
 
 
 def test_language_sft_file_has_exact_k_and_metadata(files, trained):
-    from sftkit.fingerprint import describe_base
+    from sftkit.fingerprints import describe_base
     from sftkit.models import load_model
 
     saved = load_file(trained["lang_file"])

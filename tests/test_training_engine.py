@@ -75,12 +75,7 @@ class PhaseEnd(TrainerCallback):
                 self.logits = model(**self.probe)["logits"].clone()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only add contention on a 2-core runner
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fast_config(**changes: object) -> SFTTrainingConfig:
@@ -162,7 +157,7 @@ def test_metadata_records_how_it_was_made(language_run):
     assert hp["seed"] == 42 and hp["weight_decay"] == 0.5
     assert hp["untie_embeddings"] is True and hp["freeze_decoder"] is True  # the language-SFT default
     assert meta.base.fingerprint and meta.base.fingerprint == language_run["sft"].metadata.base.fingerprint
-    from sftkit.fingerprint import describe_base
+    from sftkit.fingerprints import describe_base
 
     fresh = tiny_masked_lm(seed=0, **NO_DROPOUT)
     assert meta.base.fingerprint == describe_base(fresh).fingerprint

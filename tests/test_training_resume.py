@@ -15,13 +15,7 @@ from sftkit.testing import tiny_masked_lm
 from sftkit.training.config import SFTTrainingConfig
 from sftkit.training.procedure import train_sft
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sentences(n: int = 24, length: int = 10) -> list[dict[str, torch.Tensor]]:

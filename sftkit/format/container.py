@@ -14,7 +14,6 @@ import dataclasses
 import json
 import mmap
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from sftkit._io import atomic_path
 from sftkit._version import __version__
 from sftkit.delta import SFT, VALUE_DTYPES, SparseDelta
 from sftkit.errors import ChecksumError, ConfigError, FormatError
@@ -187,17 +187,8 @@ def _metadata_json(metadata: SFTMetadata, path: Path) -> str:
 
 
 def _atomic_write(tensors: dict[str, torch.Tensor], header: dict[str, str], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         _write_safetensors(tensors, header, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _write_safetensors(tensors: dict[str, torch.Tensor], header: dict[str, str], path: str) -> None:

@@ -15,7 +15,6 @@ and nothing else. Names are those of the model it was trained with (``roberta.en
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import pickle
@@ -28,9 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from sftkit._io import sha256_file
 from sftkit.delta import SFT, VALUE_DTYPES, SparseDelta
 from sftkit.errors import FormatError
-from sftkit.fingerprint import describe_base
+from sftkit.fingerprints import describe_base
 from sftkit.metadata import SFTMetadata
 from sftkit.naming import alias_map, canonical_parameters, canonicalize_name
 
@@ -119,7 +119,7 @@ def import_pytorch_diff(
         **meta.provenance,
         "format": "composable-sft pytorch_diff.bin",
         "file": path.name,
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
     }
     sft = SFT(deltas, dense, meta)
     try:
@@ -246,9 +246,3 @@ def _ravel_row_major(coords: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return flat
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -168,7 +168,7 @@ def _resolve_config(config: SFTTrainingConfig | None) -> SFTTrainingConfig:
 
 
 def _describe(model: nn.Module, base: Any) -> Any:
-    from sftkit.fingerprint import describe_base
+    from sftkit.fingerprints import describe_base
 
     return describe_base(model, name=_base_name(base))
 

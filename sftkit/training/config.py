@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sftkit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from sftkit.denoise import DenoiseConfig
+    from sftkit.denoising import DenoiseConfig
 
 METHODS = ("lt-sft", "deft-x")
 DEFAULT_DEFT_X_ENERGY = 0.9
@@ -155,10 +155,10 @@ class SFTTrainingConfig:
             raise ConfigError("resume=True needs checkpoint_dir (where the interrupted run saved its checkpoints)")
 
     def denoise_config(self) -> DenoiseConfig | None:
-        """The :class:`sftkit.denoise.DenoiseConfig` for DeFT-X, ``None`` for LT-SFT."""
+        """The :class:`sftkit.denoising.DenoiseConfig` for DeFT-X, ``None`` for LT-SFT."""
         if self.method != "deft-x":
             return None
-        from sftkit.denoise import DenoiseConfig
+        from sftkit.denoising import DenoiseConfig
 
         energy = self.denoise_energy
         if energy is None and self.denoise_rank is None:

@@ -17,7 +17,6 @@ trained on. User mistakes (missing file, empty file, missing column, unknown lab
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import re
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from sftkit._io import sha256_file as sha256_of
 from sftkit.errors import ConfigError
 
 logger = logging.getLogger("sftkit")
@@ -53,14 +53,6 @@ def _existing_file(path: PathLike, what: str) -> Path:
     if not file.is_file():
         raise ConfigError(f"{file}: {what} path is not a file")
     return file
-
-
-def sha256_of(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_record(path: PathLike, examples: int) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 1. Phase 1 fine-tunes every eligible base weight and the head densely: θ0 → θ1.
 2. The mask is the global top-K of |θ1 − θ0| (LT-SFT) or of the DeFT-X-denoised difference,
-   chosen by :func:`sftkit.extract.select_mask` (the same function ``sftkit extract`` uses).
+   chosen by :func:`sftkit.extraction.select_mask` (the same function ``sftkit extract`` uses).
 3. Every parameter is reset to θ0 (the head too) and phase 2 trains only the K masked entries, as
    flat K-vectors (see :mod:`sftkit.training.sparse`), plus the head densely.
 4. The result is an :class:`~sftkit.delta.SFT`: sparse deltas on the mask, the head as dense
@@ -36,9 +36,10 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from sftkit._io import atomic_path, atomic_write_text
 from sftkit.delta import SFT, SparseDelta
 from sftkit.errors import BaseMismatchError, ConfigError
-from sftkit.fingerprint import describe_base
+from sftkit.fingerprints import describe_base
 from sftkit.metadata import BaseModelInfo, SFTMetadata
 from sftkit.training.config import SFTTrainingConfig
 from sftkit.training.sparse import (
@@ -93,7 +94,7 @@ def choose_mask(
     embedding: str | None,
 ) -> Mask:
     """The phase-2 mask: one global top-K, or a separate word-embedding budget (``embedding_share``)."""
-    from sftkit.extract import select_mask
+    from sftkit.extraction import select_mask
 
     denoise = config.denoise_config()
     if config.embedding_share is None or embedding not in deltas:
@@ -144,16 +145,12 @@ class _Checkpoints:
 
     def write_state(self, state: dict[str, Any]) -> None:
         os.makedirs(self.root, exist_ok=True)
-        tmp = self.path(f"{STATE_FILE}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(state, fh, indent=1, sort_keys=True)
-        os.replace(tmp, self.path(STATE_FILE))
+        atomic_write_text(self.path(STATE_FILE), json.dumps(state, indent=1, sort_keys=True))
 
     def save_tensors(self, name: str, tensors: Mapping[str, torch.Tensor]) -> None:
         os.makedirs(self.root, exist_ok=True)
-        tmp = self.path(f"{name}.tmp-{os.getpid()}")
-        safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, self.path(name))
+        with atomic_path(self.path(name)) as tmp:
+            safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
 
     def load_tensors(self, name: str) -> dict[str, torch.Tensor]:
         if not os.path.isfile(self.path(name)):

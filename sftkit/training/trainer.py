@@ -32,6 +32,7 @@ from torch.func import functional_call
 from transformers import Trainer
 from transformers.utils import SAFE_WEIGHTS_NAME
 
+from sftkit._io import atomic_path
 from sftkit.errors import ConfigError
 from sftkit.training.sparse import SparseValues, dense_l1_to_base
 
@@ -162,9 +163,8 @@ class SFTModule(nn.Module):
 
 
 def _atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    safetensors.torch.save_file(tensors, tmp, metadata={"format": "pt"})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        safetensors.torch.save_file(tensors, tmp, metadata={"format": "pt"})
 
 
 class SFTTrainer(Trainer):

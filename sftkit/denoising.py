@@ -10,7 +10,7 @@ the largest entries of the residual, so a few genuinely large individual updates
 
 ``r`` is fixed (``rank``) or the smallest rank whose squared singular values reach an ``energy``
 fraction of ‖δ‖²_F; ``prune_ρ`` keeps the top ``ρ = residual_keep`` fraction of the residual's entries
-by magnitude. The mask is then the magnitude top-K of the denoised δ (see :mod:`sftkit.extract`).
+by magnitude. The mask is then the magnitude top-K of the denoised δ (see :mod:`sftkit.extraction`).
 Vectors (biases, LayerNorm) have no useful low-rank structure and pass through unchanged; tensors
 with more than two dimensions are treated as ``(shape[0], -1)`` matrices.
 

@@ -2,7 +2,7 @@
 
 Both LT-SFT (Ansell et al., 2022) and DeFT-X choose the K parameters a sparse fine-tuning may
 change from a full fine-tuning's difference δ = θ1 − θ0: LT-SFT by the global top-K of |δ|, DeFT-X by
-the global top-K of |denoise(δ)| (see :mod:`sftkit.denoise`). :func:`select_mask` is that choice, used
+the global top-K of |denoise(δ)| (see :mod:`sftkit.denoising`). :func:`select_mask` is that choice, used
 by the trainer between its two phases; :func:`extract` applies it to two models and stores the
 result as an :class:`~sftkit.delta.SFT`.
 """
@@ -17,10 +17,10 @@ from torch import nn
 
 from sftkit.arithmetic import Mask, count_from_density, topk_indices
 from sftkit.delta import SFT, SparseDelta
-from sftkit.denoise import DenoiseConfig
-from sftkit.denoise import denoise as denoise_deltas
+from sftkit.denoising import DenoiseConfig
+from sftkit.denoising import denoise as denoise_deltas
 from sftkit.errors import ConfigError
-from sftkit.fingerprint import describe_base
+from sftkit.fingerprints import describe_base
 from sftkit.metadata import SFTMetadata
 from sftkit.naming import canonical_parameters
 
@@ -102,7 +102,7 @@ def extract(
 
     Metadata: ``metadata`` (if given) is copied with ``method`` set to ``extract`` or
     ``deft-x-extract``, the extraction settings merged into ``hyperparameters``, and ``base`` set from
-    :func:`sftkit.fingerprint.describe_base` (keeping a given base name/revision). When ``base`` is a
+    :func:`sftkit.fingerprints.describe_base` (keeping a given base name/revision). When ``base`` is a
     state dict, pass only base-model parameters so its fingerprint matches the model's.
     """
     if (num_params is None) == (density is None):
