@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sftkit._io import atomic_directory
 from sftkit.delta import SFT
 from sftkit.errors import ConfigError, SFTError
 from sftkit.naming import canonicalize_name
@@ -294,24 +293,11 @@ def save_composed(
             f"{type(model).__name__} has no save_pretrained; only transformers models can be saved as a model directory"
         )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    tmp = out.parent / f".{out.name}.tmp-{token}"
-    old = out.parent / f".{out.name}.old-{token}"
-    try:
-        model.save_pretrained(tmp)
+    with atomic_directory(out) as staging:
+        model.save_pretrained(staging)
         tokenizer = load_tokenizer(tokenizer_source) if tokenizer_source is not None else None
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+            tokenizer.save_pretrained(staging)
     return out
 
 

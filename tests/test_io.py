@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sftkit._io import atomic_path, atomic_write_bytes, atomic_write_text, sha256_file
+from sftkit._io import atomic_directory, atomic_path, atomic_write_bytes, atomic_write_text, sha256_file
 
 
 def test_sha256_file_matches_whole_file_digest_across_chunks(tmp_path: Path) -> None:
@@ -31,3 +31,22 @@ def test_atomic_path_failure_keeps_old_file_and_removes_temp(tmp_path: Path) -> 
         raise RuntimeError("boom")
     assert path.read_text(encoding="utf-8") == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_atomic_directory_swaps_in_whole_and_restores_on_failure(tmp_path):
+    out = tmp_path / "model"
+    with atomic_directory(out) as staging:
+        (staging / "a.txt").write_text("first")
+    assert (out / "a.txt").read_text() == "first"
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_directory(out) as staging:
+            (staging / "a.txt").write_text("second")
+            raise RuntimeError("boom")
+    assert (out / "a.txt").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging or retired leftovers
+
+    with atomic_directory(out) as staging:
+        (staging / "b.txt").write_text("replaced")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -28,8 +28,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +39,7 @@ from safetensors import safe_open as safetensors_open
 from safetensors.torch import save_file as save_safetensors
 from torch import nn
 
+from sftkit._io import atomic_directory, atomic_write_text
 from sftkit.delta import SFT, SparseDelta
 from sftkit.errors import ConfigError, FormatError, MissingParameterError
 from sftkit.metadata import SFTMetadata
@@ -324,21 +323,9 @@ def _write_adapter_dir(
         raise ConfigError(
             f"{outdir}: non-empty directory that is not a PEFT adapter; refusing to overwrite it"
         )
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".tmp", dir=outdir.parent))
-    try:
-        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    with atomic_directory(outdir) as staging:
+        atomic_write_text(staging / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_safetensors(tensors, str(staging / WEIGHTS_NAME), metadata=header)
-        if outdir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".old", dir=outdir.parent))
-            os.replace(outdir, retired / "adapter")
-            os.replace(staging, outdir)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, outdir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return outdir
 
 
