@@ -203,7 +203,7 @@ def evaluate(base: str, task_sft: str, language_sft: str | None, test_file: str,
           --text-pair-column hypothesis --json scores.json
     """
     from sftkit.training.api import evaluate as evaluate_sft
-    from sftkit.training.evaluate import format_result
+    from sftkit.training.metrics import format_result
 
     result = evaluate_sft(
         base, task_sft, language_sft=language_sft, test_file=test_file, text_column=text_column,

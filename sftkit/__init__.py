@@ -11,9 +11,7 @@ The public API, loaded lazily so ``import sftkit`` stays cheap::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from sftkit._lazy import lazy_attributes
 from sftkit._version import __version__
 
 # The pure modules only need torch (which delta.py imports anyway), so they load eagerly.
@@ -83,10 +81,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sftkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_attributes("sftkit", globals(), _LAZY)

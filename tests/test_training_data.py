@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sftkit.data import SAMPLE_FILES, sample_path
 from sftkit.errors import ConfigError
 from sftkit.training import data as D
-from sftkit.training.evaluate import classification_metrics
+from sftkit.training.metrics import classification_metrics
 from sftkit.training.tokenizer import train_tokenizer
 
 ROWS = [

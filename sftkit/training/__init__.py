@@ -12,16 +12,13 @@ The public API (loaded lazily: the procedure pulls in the transformers Trainer):
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sftkit._lazy import lazy_attributes  # noqa: E402
 
-# Imported eagerly on purpose: importing the submodule ``sftkit.training.evaluate`` binds the package
-# attribute ``evaluate`` to that module; binding the API function afterwards makes
-# ``from sftkit.training import evaluate`` the function. (Cheap: transformers loads only when used.)
+# Cheap to import eagerly: transformers loads only when training or evaluation runs.
 from sftkit.training.api import TASK_TYPES, evaluate, train_language_sft, train_task_sft
 from sftkit.training.config import SFTTrainingConfig
 from sftkit.training.data import read_labelled, read_texts
-from sftkit.training.evaluate import ClassMetrics, EvaluationResult, classification_metrics
+from sftkit.training.metrics import ClassMetrics, EvaluationResult, classification_metrics
 
 _LAZY = {
     "train_sft": "sftkit.training.procedure",
@@ -43,14 +40,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sftkit.training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_attributes("sftkit.training", globals(), _LAZY)

@@ -36,7 +36,7 @@ from sftkit.errors import ConfigError
 from sftkit.metadata import SFTMetadata
 from sftkit.training import data as datamod
 from sftkit.training.config import SFTTrainingConfig
-from sftkit.training.evaluate import EvaluationResult, classification_metrics, compute_metrics_for
+from sftkit.training.metrics import EvaluationResult, classification_metrics, compute_metrics_for
 
 logger = logging.getLogger("sftkit")
 
