@@ -12,7 +12,7 @@ The public API (loaded lazily: the procedure pulls in the transformers Trainer):
 
 from __future__ import annotations
 
-from sftkit._lazy import lazy_attributes  # noqa: E402
+from sftkit._lazy import lazy_attributes
 
 # Cheap to import eagerly: transformers loads only when training or evaluation runs.
 from sftkit.training.api import TASK_TYPES, evaluate, train_language_sft, train_task_sft
