@@ -1,0 +1,123 @@
+"""The cross-lingual runner end to end on a tiny model (preset ``smoke``), without ../shared.
+
+The data layout is built from sftkit's bundled sample corpus (NusaX rows) plus synthetic NLI pairs
+(``experiments.datasets.write_sample_layout``), so these tests run wherever the package does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import datasets as ds
+from experiments.presets import get_preset
+from experiments.report import write_report
+from experiments.xling import METHODS, Runner, RunSpec, apply_overrides, main
+from sftkit.errors import ConfigError
+from sftkit.format import load_file
+
+GROWN = ("zero-shot", "lt-sft", "deft-x")
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ds.write_sample_layout(tmp_path_factory.mktemp("xling-data"))
+
+
+@pytest.fixture(scope="module")
+def run(layout: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    import torch
+
+    out = tmp_path_factory.mktemp("xling-run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: one thread is faster, and the CI box has two busy cores
+    try:
+        # Every method on NusaX; then the same folder grows by a dataset and a language with three
+        # methods (the English SFTs and the NusaX scores come from the cache).
+        common = {"data_dir": layout, "out": out, "preset": get_preset("smoke"), "seeds": (1,)}
+        records = Runner(RunSpec(nusax_languages=("javanese",), methods=METHODS, **common)).run()
+        records += Runner(RunSpec(nusax_languages=("javanese",), anli_languages=("smp",), methods=GROWN, **common)).run()
+    finally:
+        torch.set_num_threads(threads)
+    return out, records
+
+
+def test_leakage_filter_drops_test_sentences(layout: Path) -> None:
+    leak = ds.build_leakage_filter(ds.Layout(layout))
+    test_row = next(iter(ds._read_table(layout / "nusax/sentiment/javanese/test.csv", ",")))
+    assert not leak.keep(test_row["text"])
+    assert not leak.keep("  " + test_row["text"].upper() + " ")  # normalised: case and spacing ignored
+    assert leak.keep("a sentence that is in no test set at all")
+    assert ds.normalise("Héllo,  World!") == ds.normalise("héllo world")
+
+
+def test_every_method_is_scored_and_cached(run: tuple[Path, list[dict]], layout: Path) -> None:
+    out, records = run
+    expected = [("nusax", m, "jav") for m in METHODS] + [(d, m, t) for d, t in (("nusax", "jav"), ("anli", "smp")) for m in GROWN]
+    assert [(r["dataset"], r["method"], r["target"]) for r in records] == expected
+    first = {(r["dataset"], r["method"]): r for r in records[: len(METHODS)]}
+    assert all(r == first[(r["dataset"], r["method"])] for r in records[len(METHODS):] if r["dataset"] == "nusax")
+    for r in records:
+        assert 0.0 <= r["value"] <= 1.0 and r["n"] == 16
+        assert r["value"] == r[r["metric"]]
+    manifest = json.loads((out / "data/manifest.json").read_text())
+    # write_sample_layout plants two AmericasNLI test sentences in the smp text: both must go.
+    assert manifest["text"]["smp"]["leaked_dropped"] == 2
+    text = (out / "data/text/smp.txt").read_text().splitlines()
+    leak = ds.build_leakage_filter(ds.Layout(layout))
+    assert text and all(leak.keep(line) for line in text)
+    # Language SFTs of the four mask methods: the same K, phase 1 shared (same phase-1 loss), masks differ.
+    sfts = {m: load_file(out / f"sfts/language/jav/{m}/seed1.safetensors") for m in ("lt-sft", "deft-x", "deft-x-rank", "deft-x-nores")}
+    assert len({s.nnz for s in sfts.values()}) == 1
+    losses = {s.metadata.hyperparameters["full_train_loss"] for s in sfts.values()}
+    assert len(losses) == 1
+    assert sfts["deft-x"].metadata.hyperparameters["denoise"]["residual_keep"] > 0
+    assert sfts["deft-x-nores"].metadata.hyperparameters["denoise"]["residual_keep"] == 0
+    masks = {m: {n: tuple(d.indices.tolist()) for n, d in s.deltas.items()} for m, s in sfts.items()}
+    assert masks["lt-sft"] != masks["deft-x"]
+    task = load_file(out / "sfts/task/anli/deft-x/seed1.safetensors")
+    assert task.metadata.hyperparameters["underlying"][0]["language"] == "eng"
+    assert load_file(out / "sfts/task/anli/zero-shot/seed1.safetensors").metadata.hyperparameters["underlying"] == []
+    assert not any((out / "cache/phase1").rglob("*.safetensors"))  # dropped once every mask method is done
+
+
+def test_rerun_reuses_the_cache_and_report_is_written(run: tuple[Path, list[dict]], layout: Path, tmp_path: Path) -> None:
+    out, records = run
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "sfts").rglob("*.safetensors")}
+    code = main([
+        "--data-dir", str(layout), "--nusax-languages", "javanese", "--anli-languages", "smp",
+        "--methods", ",".join(GROWN), "--seeds", "1", "--preset", "smoke", "--out", str(out),
+    ])
+    assert code == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "sfts").rglob("*.safetensors")} == stamps
+    results_md = tmp_path / "results.md"
+    results_md.write_text("# Results\n\nprotocol text stays\n")
+    report = write_report(out, results_md)
+    assert report["table"]["nusax"]["methods"]["lt-sft"]["jav"]["mean"] == next(
+        r["value"] for r in records if r["dataset"] == "nusax" and r["method"] == "lt-sft"
+    )
+    assert set(report["analysis"]["overlap"]) >= {"jav-lt-sft vs task nusax", "smp-deft-x vs task anli"}
+    text = results_md.read_text()
+    assert "protocol text stays" in text and "| (b) LT-SFT |" in text
+    assert json.loads((out / "report/results.json").read_text())["timings"]["total_seconds"] > 0
+
+
+def test_changed_preset_in_same_folder_is_refused(run: tuple[Path, list[dict]], layout: Path) -> None:
+    out, _ = run
+    spec = RunSpec(
+        data_dir=layout, out=out, preset=apply_overrides(get_preset("smoke"), ["language.full_steps=3"]),
+        nusax_languages=("javanese",), seeds=(1,),
+    )
+    with pytest.raises(ConfigError, match="another preset"):
+        Runner(spec).check()
+
+
+def test_user_mistakes_are_one_line_errors(layout: Path, tmp_path: Path) -> None:
+    spec = RunSpec(data_dir=layout, out=tmp_path / "o", preset=get_preset("smoke"), nusax_languages=("klingon",))
+    with pytest.raises(ConfigError, match="klingon"):
+        Runner(spec).check()
+    with pytest.raises(ConfigError, match="no such preset field"):
+        apply_overrides(get_preset("smoke"), ["language.bogus=1"])
+    assert main(["--data-dir", str(layout), "--preset", "nope", "--nusax-languages", "javanese", "--out", str(tmp_path)]) == 1
