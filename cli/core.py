@@ -141,7 +141,9 @@ def extract(base, finetuned, output, num_params, density, denoise_energy, denois
     base_model = load_model(base, for_task="auto")
     tuned_model = load_model(finetuned, for_task="auto")
     metadata = SFTMetadata(kind=kind, language=language, task=task)
-    sft = extract_sft(base_model, tuned_model, denoise=denoise, values=values, metadata=metadata, **budget)
+    sft = extract_sft(
+        base_model, tuned_model, denoise=denoise, values=values, metadata=metadata, progress=True, **budget
+    )
     sft.metadata.base.name = sft.metadata.base.name or base
     save_file(sft, output, value_dtype=_value_dtype(dtype))
     click.echo(f"wrote {output}: {sft.nnz:,} nonzeros in {len(sft.deltas)} tensors, {len(sft.dense)} dense tensors")

@@ -229,10 +229,17 @@ def denoise_matrix(delta: torch.Tensor, config: DenoiseConfig) -> torch.Tensor:
     return low.reshape(shape).to(torch.float32)
 
 
-def denoise(deltas: dict[str, torch.Tensor], config: DenoiseConfig) -> dict[str, torch.Tensor]:
-    """Denoise every matrix of ``deltas`` independently (vectors pass through); same keys, float32."""
+def denoise(
+    deltas: dict[str, torch.Tensor], config: DenoiseConfig, *, progress: bool = False
+) -> dict[str, torch.Tensor]:
+    """Denoise every matrix of ``deltas`` independently (vectors pass through); same keys, float32.
+
+    ``progress`` shows a bar: an SVD per matrix of a 277M-parameter model takes minutes on a CPU.
+    """
+    from tqdm.auto import tqdm
+
     out: dict[str, torch.Tensor] = {}
-    for name, tensor in deltas.items():
+    for name, tensor in tqdm(deltas.items(), desc="denoise", unit="tensor", disable=not progress):
         try:
             out[name] = denoise_matrix(tensor, config)
         except ConfigError as error:

@@ -80,6 +80,7 @@ def extract(
     exclude: str | Sequence[str] | None = None,
     dense: str | Sequence[str] = (),
     metadata: SFTMetadata | None = None,
+    progress: bool = False,
 ) -> SFT:
     """Extract the K-parameter SFT that moves ``base`` towards ``finetuned``.
 
@@ -141,7 +142,7 @@ def extract(
     if k > eligible:
         raise ConfigError(f"num_params={k} exceeds the {eligible} eligible parameters; lower K or widen include/exclude")
 
-    scores = denoise_deltas(deltas, denoise) if denoise is not None else deltas
+    scores = denoise_deltas(deltas, denoise, progress=progress) if denoise is not None else deltas
     mask = topk_mask(scores, k)
     source = scores if values == "denoised" else deltas
     sparse: dict[str, SparseDelta] = {}
