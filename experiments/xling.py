@@ -430,32 +430,11 @@ class Runner:
         return output
 
     def _train_language(self, text: str, code: str, config: Any, output: Path, callbacks: list[Any]) -> None:
-        # What train_language_sft does, through the engine: the API takes no Trainer callbacks.
-        from sftkit.fingerprints import describe_base
-        from sftkit.metadata import SFTMetadata
-        from sftkit.models import load_model, load_tokenizer
-        from sftkit.training import data as datamod
-        from sftkit.training.procedure import train_sft
+        from sftkit.training import train_language_sft
 
-        tokenizer = load_tokenizer(self.base())
-        import torch
-
-        torch.manual_seed(config.seed)
-        model = load_model(self.base(), for_task="masked-lm")
-        texts = datamod.read_texts(text)
-        dataset = datamod.masked_lm_dataset(tokenizer, texts, max_seq_length=config.max_seq_length)
-        metadata = SFTMetadata(
-            kind="language", language=code, method=config.method,
-            hyperparameters={"data": {"text": [datamod.file_record(text, len(texts))]}},
+        train_language_sft(
+            self.base(), [text], language=code, config=config, output=output, progress=False, callbacks=callbacks
         )
-        sft = train_sft(
-            model, dataset, datamod.masked_lm_collator(tokenizer), config, kind="language", metadata=metadata,
-            base_info=describe_base(model, name=self.base()), progress=False, callbacks=callbacks,
-        )
-        from sftkit.format import save_file
-
-        output.parent.mkdir(parents=True, exist_ok=True)
-        save_file(sft, str(output))
 
     def _prime_from_phase1(self, cache: Path, checkpoints: Path, config: Any) -> None:
         """Put the procedure's checkpoint folder in the state "phase 1 done, mask chosen" from the θ1 cache.
@@ -538,50 +517,15 @@ class Runner:
     def _train_task(
         self, dataset: str, files: dict[str, Any], config: Any, language: Path | None, output: Path, callbacks: list[Any]
     ) -> None:
-        # What train_task_sft does, through the engine: the API takes no Trainer callbacks, and (f)
-        # needs phase 1's dense model.
-        import torch
+        from sftkit.training import train_task_sft
 
-        from sftkit.format import load_file, save_file
-        from sftkit.metadata import SFTMetadata
-        from sftkit.models import load_tokenizer
-        from sftkit.training import data as datamod
-        from sftkit.training.api import _classifier, _describe, _for_model
-        from sftkit.training.metrics import compute_metrics_for
-        from sftkit.training.procedure import train_sft
-
-        columns = {k: files.get(k) for k in ("text_column", "text_pair_column", "label_column")}
-        train_data = datamod.read_labelled(files["train"], what="training", **columns)
-        valid_data = datamod.read_labelled(files["valid"], what="validation", **columns)
-        label_names = datamod.label_names_for(train_data, files.get("labels"))
-        datamod.check_labels(valid_data, label_names)
-        tokenizer = load_tokenizer(self.base())
-        torch.manual_seed(config.seed)
-        model = _classifier(self.base(), label_names, config.seed)
-        lang_sft = load_file(str(language)) if language is not None else None
-        seq = config.max_seq_length
-        data_info: dict[str, Any] = {
-            "task_type": files["task_type"], "train": datamod.file_record(files["train"], len(train_data)),
-            "validation": datamod.file_record(files["valid"], len(valid_data)),
-        }
-        if lang_sft is not None:
-            data_info["language_sft"] = {
-                "language": lang_sft.metadata.language, "fingerprint": lang_sft.metadata.base.fingerprint, "nnz": lang_sft.nnz,
-            }
-        sft = train_sft(
-            model, datamod.classification_dataset(tokenizer, train_data, label_names, max_seq_length=seq),
-            datamod.classification_collator(tokenizer), config, kind="task",
-            eval_dataset=datamod.classification_dataset(tokenizer, valid_data, label_names, max_seq_length=seq),
-            underlying=[_for_model(lang_sft, model)] if lang_sft is not None else (),
-            metadata=SFTMetadata(
-                kind="task", language=self.source_code(dataset), task=dataset, method=config.method,
-                hyperparameters={"data": data_info}, label_names=label_names,
-            ),
-            base_info=_describe(model, self.base()), compute_metrics=compute_metrics_for(label_names),
-            progress=False, callbacks=callbacks,
+        train_task_sft(
+            self.base(), files["train"], validation_file=files["valid"], task_type=files["task_type"],
+            text_column=files["text_column"], text_pair_column=files.get("text_pair_column"),
+            label_column=files["label_column"], labels=files.get("labels"), language_sft=language,
+            language=self.source_code(dataset), config=config, task=dataset, output=output, progress=False,
+            callbacks=callbacks,
         )
-        output.parent.mkdir(parents=True, exist_ok=True)
-        save_file(sft, str(output))
 
     def score(self, dataset: str, method: str, target: str, seed: int) -> dict[str, Any]:
         path = self.score_path(dataset, method, target, seed)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from sftkit.data import sample_path
 from sftkit.errors import ConfigError
@@ -66,14 +67,32 @@ def files(tmp_path_factory):
             "test": test, "tokenizer": tokenizer}
 
 
+class _PhaseRecorder(TrainerCallback):
+    """Records the phase of every optimizer step, as a caller timing or inspecting phases would."""
+
+    def __init__(self) -> None:
+        self.phases: list[str] = []
+
+    def on_step_end(self, args: object, state: object, control: object, **kwargs: object) -> None:
+        self.phases.append(kwargs["model"].phase)  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="module")
 def trained(files):
     root = files["root"]
+    lang_steps, task_steps = _PhaseRecorder(), _PhaseRecorder()
     lang = train_language_sft(files["base"], [files["text"]], language="jav", config=_config(),
-                              output=root / "lang.safetensors", progress=False)
+                              output=root / "lang.safetensors", progress=False, callbacks=[lang_steps])
     task = train_task_sft(files["base"], files["train"], validation_file=files["valid"], language_sft=root / "lang.safetensors",
-                          config=_config(), task="sentiment", output=root / "task.safetensors", progress=False)
-    return {"lang": lang, "task": task, "lang_file": root / "lang.safetensors", "task_file": root / "task.safetensors"}
+                          config=_config(full_steps=2, sparse_steps=4), task="sentiment", output=root / "task.safetensors",
+                          progress=False, callbacks=(task_steps,))
+    return {"lang": lang, "task": task, "lang_file": root / "lang.safetensors", "task_file": root / "task.safetensors",
+            "lang_steps": lang_steps.phases, "task_steps": task_steps.phases}
+
+
+def test_callbacks_see_every_step_of_both_phases(trained):
+    assert trained["lang_steps"] == ["full"] * 3 + ["sparse"] * 3
+    assert trained["task_steps"] == ["full"] * 2 + ["sparse"] * 4
 
 
 def _sha(path: Path) -> str:

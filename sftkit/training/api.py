@@ -26,7 +26,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -37,6 +37,9 @@ from sftkit.metadata import SFTMetadata
 from sftkit.training import data as datamod
 from sftkit.training.config import SFTTrainingConfig
 from sftkit.training.metrics import EvaluationResult, classification_metrics, compute_metrics_for
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
 logger = logging.getLogger("sftkit")
 
@@ -199,6 +202,7 @@ def train_language_sft(
     text_column: str | None = None,
     allow_test_text: bool = False,
     progress: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> SFT:
     """Train a language SFT φ_L by masked language modelling on unlabeled text of ``language``.
 
@@ -207,6 +211,8 @@ def train_language_sft(
     (they would leak test sentences into a zero-shot evaluation) unless ``allow_test_text``.
     ``base`` is a model directory, a Hub id, or an in-memory transformers model (then pass
     ``tokenizer``; it is handed back in its θ0 state). Saved to ``output`` when given.
+    ``callbacks`` (``TrainerCallback`` objects) join both phases, so a caller can time phases or keep
+    phase 1's model without driving the engine itself; ``kwargs["model"].phase`` tells which phase.
     """
     from sftkit.training.procedure import train_sft
 
@@ -237,7 +243,7 @@ def train_language_sft(
     )
     sft = train_sft(
         model, dataset, collator, config, kind="language", metadata=metadata,
-        base_info=_describe(model, base), progress=progress,
+        base_info=_describe(model, base), progress=progress, callbacks=callbacks,
     )
     _save(sft, output)
     return sft
@@ -260,13 +266,15 @@ def train_task_sft(
     tokenizer: Any = None,
     output: PathLike | None = None,
     progress: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> SFT:
     """Train a task SFT φ_T (sequence or sentence-pair classification) on labelled data.
 
     With ``language_sft`` (the *source* language's SFT) applied underneath during both phases, φ_T
     learns the task rather than the source language, which is what makes it transfer when composed
     with a target language SFT. The classification head is stored densely in φ_T; label names come
-    from the training file (sorted) or ``labels`` and go into the SFT's metadata.
+    from the training file (sorted) or ``labels`` and go into the SFT's metadata. ``callbacks`` join
+    both phases, as in :func:`train_language_sft`.
     """
     from sftkit.training.procedure import train_sft
 
@@ -320,7 +328,7 @@ def train_task_sft(
         model, train_set, datamod.classification_collator(tok), config, kind="task",
         eval_dataset=valid_set, underlying=[_for_model(lang_sft, model)] if lang_sft is not None else (),
         metadata=metadata, base_info=_describe(model, base),
-        compute_metrics=compute_metrics_for(label_names), progress=progress,
+        compute_metrics=compute_metrics_for(label_names), progress=progress, callbacks=callbacks,
     )
     if sft.metadata.label_names is None:
         sft.metadata.label_names = label_names
