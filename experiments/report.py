@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.datasets import atomic_write_text
+from sftkit._io import atomic_write_bytes
 from sftkit.errors import ConfigError
 
 PAPER = {
@@ -81,6 +82,58 @@ def aggregate(scores: list[dict[str, Any]]) -> dict[str, Any]:
     return table
 
 
+def compare(scores: list[dict[str, Any]], method: str, baseline: str) -> dict[str, Any]:
+    """``method`` − ``baseline`` per dataset, paired by (target, seed): the mean difference, its spread,
+    and how many pairs each side wins — what "DeFT-X beats LT-SFT" has to mean on a few seeds."""
+    result: dict[str, Any] = {}
+    for dataset in sorted({s["dataset"] for s in scores}):
+        mine = {(s["target"], s["seed"]): s["value"] for s in scores if s["dataset"] == dataset and s["method"] == method}
+        base = {(s["target"], s["seed"]): s["value"] for s in scores if s["dataset"] == dataset and s["method"] == baseline}
+        pairs = sorted(set(mine) & set(base))
+        if not pairs:
+            continue
+        diffs = [mine[p] - base[p] for p in pairs]
+        seeds = sorted({seed for _, seed in pairs})
+        targets = sorted({t for t, _ in pairs})
+        per_seed = [
+            stats.fmean(mine[(t, seed)] - base[(t, seed)] for t in targets)
+            for seed in seeds if all((t, seed) in mine and (t, seed) in base for t in targets)
+        ]
+        result[dataset] = {
+            "pairs": len(pairs), "mean_difference": stats.fmean(diffs),
+            "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs), "ties": sum(d == 0 for d in diffs),
+            "avg_difference_per_seed": per_seed,
+            "avg_difference": _mean_std(per_seed) if per_seed else None,
+        }
+    return result
+
+
+def verdict(comparison: dict[str, Any], method: str, baseline: str) -> str:
+    """One plain sentence per dataset: better, worse, or within the seed-to-seed spread."""
+    lines = []
+    for dataset, c in comparison.items():
+        avg = c["avg_difference"]
+        if avg is None:
+            continue
+        mean, std = 100 * avg["mean"], (100 * avg["std"]) if avg["std"] is not None else None
+        spread = f" ± {std:.1f}" if std is not None else ""
+        if std is not None and abs(mean) <= std:
+            word = "does not beat" if mean <= 0 else "is not reliably better than"
+            tail = "the difference is within the seed-to-seed spread"
+        elif mean > 0:
+            word, tail = "beats", "the difference exceeds the seed-to-seed spread" if std is not None else "one seed only"
+        elif mean == 0:
+            word, tail = "ties with", "identical scores"
+        else:
+            word, tail = "does not beat", "it is worse on average"
+        lines.append(
+            f"- {DATASET_NAMES.get(dataset, dataset)}: {method} {word} {baseline} — average difference "
+            f"{mean:+.1f}{spread} points over {avg['n_seeds']} seed(s) ({tail}); per (target, seed) pair "
+            f"{c['wins']} wins, {c['losses']} losses, {c['ties']} ties."
+        )
+    return "\n".join(lines)
+
+
 def collect_timings(out: Path) -> dict[str, Any]:
     by_stage: dict[str, dict[str, float]] = {}
     units = []
@@ -95,15 +148,18 @@ def collect_timings(out: Path) -> dict[str, Any]:
         kind = "language" if unit["stage"].startswith("language") else "task"
         for phase, info in (unit.get("phases") or {}).items():
             if info.get("steps"):
-                per_step.setdefault(f"{kind} SFT, phase {'1 (dense)' if phase == 'full' else '2 (sparse)'}", []).append(
-                    info["seconds"] / info["steps"]
-                )
+                label = {"head": "0 (head warm-up)", "full": "1 (dense)", "sparse": "2 (sparse)"}.get(phase, phase)
+                per_step.setdefault(f"{kind} SFT, phase {label}", []).append(info["seconds"] / info["steps"])
     step_seconds = {
         key: {"units": len(v), "median": stats.median(v), "min": min(v), "max": max(v)} for key, v in sorted(per_step.items())
     }
+    per_seed: dict[int, float] = {}
+    for unit in units:
+        if "seed" in unit:
+            per_seed[unit["seed"]] = per_seed.get(unit["seed"], 0.0) + unit["seconds"]
     return {
         "stages": by_stage, "total_seconds": sum(s["seconds"] for s in by_stage.values()), "units": units,
-        "seconds_per_step": step_seconds,
+        "seconds_per_step": step_seconds, "seconds_per_seed": dict(sorted(per_seed.items())),
     }
 
 
@@ -189,7 +245,10 @@ def _plots(analysis: dict[str, Any], folder: Path) -> list[str]:
     return written
 
 
-def render_markdown(table: dict[str, Any], timings: dict[str, Any], preset: str | None, plots: Sequence[str]) -> str:
+def render_markdown(
+    table: dict[str, Any], timings: dict[str, Any], preset: str | None, plots: Sequence[str], verdicts: str = "",
+    figures: str = "report",
+) -> str:
     from experiments.xling import METHOD_LABELS
 
     lines = [f"Generated by `python -m experiments.xling report` from the run folder (preset `{preset}`)."]
@@ -206,17 +265,23 @@ def render_markdown(table: dict[str, Any], timings: dict[str, Any], preset: str 
             lines += ["", f"Paper (XLM-R base, full scale, their language set; average {paper['metric']}): "
                       f"DeFT-X {paper['DeFT-X']}, LT-SFT {paper['LT-SFT']}, MAD-X {paper['MAD-X']}. "
                       "Not comparable number for number: other base model, scale and languages."]
+    if verdicts:
+        lines += ["", "#### Does DeFT-X beat LT-SFT here?", "", verdicts]
     lines += ["", "#### Wall-clock per stage", "", "| stage | units | seconds |", "| --- | --- | --- |"]
     for stage, info in sorted(timings["stages"].items()):
         lines.append(f"| {stage} | {info['units']} | {info['seconds']:.0f} |")
     lines.append(f"| total | | {timings['total_seconds']:.0f} |")
+    if timings.get("seconds_per_seed"):
+        lines += ["", "Seconds per seed (sum of that seed's units; shared units such as language SFTs count for the seed "
+                  "that trained them): " + ", ".join(f"seed {k}: {v:.0f} s ({v / 60:.1f} min)"
+                                                     for k, v in timings["seconds_per_seed"].items()) + "."]
     if timings.get("seconds_per_step"):
         lines += ["", "Seconds per optimizer step (phase wall time / steps, over units):", "",
                   "| phase | units | median | min | max |", "| --- | --- | --- | --- | --- |"]
         for key, v in timings["seconds_per_step"].items():
             lines.append(f"| {key} | {v['units']} | {v['median']:.2f} | {v['min']:.2f} | {v['max']:.2f} |")
-    if plots:
-        lines += ["", "Plots: " + ", ".join(f"`report/{p}`" for p in plots) + " in the run folder."]
+    for plot in plots:
+        lines += ["", f"![{plot}]({figures}/{plot})"]
     return "\n".join(lines) + "\n"
 
 
@@ -248,15 +313,27 @@ def write_report(out: Path, results_md: Path | None = None, *, analyse: bool = T
     folder = out / "report"
     folder.mkdir(parents=True, exist_ok=True)
     plots = _plots(analysis, folder)
+    comparisons = {
+        name: compare(scores, method, "lt-sft") for name, method in (("deft-x vs lt-sft", "deft-x"),
+                                                                   ("deft-x-rank vs lt-sft", "deft-x-rank"),
+                                                                   ("deft-x-nores vs lt-sft", "deft-x-nores"))
+    }
+    verdicts = verdict(comparisons["deft-x vs lt-sft"], "DeFT-X (energy 0.9)", "LT-SFT")
     everything = {
         "preset": preset, "run": run, "scores": scores, "table": table, "timings": timings, "analysis": analysis,
-        "data": manifest, "paper": PAPER, "plots": plots,
+        "data": manifest, "paper": PAPER, "plots": plots, "comparisons": comparisons,
     }
     atomic_write_text(folder / "results.json", json.dumps(everything, indent=1, sort_keys=True, default=_jsonable) + "\n")
-    body = render_markdown(table, timings, preset, plots)
+    body = render_markdown(table, timings, preset, plots, verdicts)
     atomic_write_text(folder / "results.md", body)
     if results_md is not None:
-        _update_results_md(results_md, body)
+        # The figures and the JSON of every number go beside the markdown, so the docs stand alone.
+        figures = results_md.parent / "results"
+        figures.mkdir(parents=True, exist_ok=True)
+        for plot in plots:
+            atomic_write_bytes(figures / plot, (folder / plot).read_bytes())
+        atomic_write_text(figures / "xling.json", (folder / "results.json").read_text(encoding="utf-8"))
+        _update_results_md(results_md, render_markdown(table, timings, preset, plots, verdicts, figures="results"))
     return everything
 
 

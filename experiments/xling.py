@@ -117,6 +117,10 @@ def sft_config(preset: Preset, method: str, kind: str, seed: int, checkpoint_dir
         full_epochs=phase.full_epochs,
         sparse_epochs=phase.sparse_epochs,
         learning_rate=phase.learning_rate,
+        head_warmup_steps=phase.head_warmup_steps,
+        head_learning_rate=phase.head_learning_rate,
+        warmup_steps=phase.warmup_steps,
+        group_by_length=phase.group_by_length,
         batch_size=phase.batch_size,
         max_seq_length=phase.max_seq_length,
         seed=seed,
@@ -147,38 +151,6 @@ def _timed(path: Path, stage: str, **details: Any) -> Iterator[None]:
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _phase1_saver(cache_dir: Path, checkpoint_dir: Path) -> Any:
-    """A Trainer callback that keeps phase 1's θ1 (eligible weights) for the other mask methods.
-
-    Written when phase 1 ends, before the procedure picks the mask; with it come the procedure state
-    (base fingerprint, phase-1 summary) and the θ0 head of the run, which a phase-2-only run needs.
-    """
-    import safetensors.torch
-    from transformers import TrainerCallback
-
-    class Phase1Saver(TrainerCallback):
-        def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-            if model is None or getattr(model, "phase", None) != "full" or not state.is_world_process_zero:
-                return
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            theta1 = {n: p.detach().to("cpu").contiguous() for n, p in model.bases().items()}
-            tmp = cache_dir / "theta1.safetensors.tmp"
-            safetensors.torch.save_file(theta1, str(tmp))
-            tmp.replace(cache_dir / "theta1.safetensors")
-            shutil.copyfile(checkpoint_dir / "theta0_head.safetensors", cache_dir / "theta0_head.safetensors")
-            # The Trainer logs the phase's mean loss as ``train_loss`` just before on_train_end; the
-            # procedure records the same number as ``full_train_loss``.
-            means = [e["train_loss"] for e in state.log_history if "train_loss" in e]
-            summary = {
-                "steps": int(state.global_step),
-                "train_loss": float(means[-1]) if means else None,
-                "procedure_state": read_json(checkpoint_dir / "sft_state.json"),
-            }
-            write_json(cache_dir / "phase1.json", summary)
-
-    return Phase1Saver()
 
 
 class PhaseTimer:
@@ -401,7 +373,8 @@ class Runner:
 
     # ---- units
     def language_sft(self, code: str, method: str, seed: int) -> Path:
-        """φ_L for ``code`` with ``method``'s mask; phase 1 shared through the θ1 cache."""
+        """φ_L for ``code`` with ``method``'s mask; phase 1 shared between mask methods (``phase1_cache``)."""
+        seed = self.language_seed(seed)
         output = self.lang_path(code, method, seed)
         if output.is_file():
             return output
@@ -410,64 +383,25 @@ class Runner:
         cache = self.phase1_dir(code, seed)
         text = self.manifest["text"][code]["file"]
         config = sft_config(self.preset, method, "language", seed, checkpoints)
-        shared = (cache / "phase1.json").is_file() and not config.resume
+        shared = (cache / "phase1.json").is_file()
         timer = PhaseTimer()
-        callbacks = [timer.callback]
-        if not shared and not (cache / "phase1.json").is_file():
-            callbacks.append(_phase1_saver(cache, checkpoints))
         logger.info("language SFT %s (%s, seed %d)%s", code, method, seed, " from the cached phase 1" if shared else "")
         stage = "language SFT phase 2 (phase 1 cached)" if shared else "language SFT phases 1+2"
         details = {"language": code, "method": method, "seed": seed, "phases": timer.phases}
         with _timed(self.timing_path(unit), stage, **details):
-            if shared:
-                started = time.perf_counter()
-                self._prime_from_phase1(cache, checkpoints, config)
-                timer.phases["mask_from_cache"] = {"seconds": round(time.perf_counter() - started, 3)}
-                config = replace(config, resume=True)
-            self._train_language(text, code, config, output, callbacks)
+            from sftkit.training import train_language_sft
+
+            train_language_sft(
+                self.base(), [text], language=code, config=config, output=output, progress=False,
+                callbacks=[timer.callback], phase1_cache=cache,
+            )
         shutil.rmtree(checkpoints, ignore_errors=True)
         self._drop_phase1_if_done(code, seed)
         return output
 
-    def _train_language(self, text: str, code: str, config: Any, output: Path, callbacks: list[Any]) -> None:
-        from sftkit.training import train_language_sft
-
-        train_language_sft(
-            self.base(), [text], language=code, config=config, output=output, progress=False, callbacks=callbacks
-        )
-
-    def _prime_from_phase1(self, cache: Path, checkpoints: Path, config: Any) -> None:
-        """Put the procedure's checkpoint folder in the state "phase 1 done, mask chosen" from the θ1 cache.
-
-        The mask is chosen exactly as the procedure would (``choose_mask`` on θ1 − θ0 with this
-        method's settings); the phase-2 run then resumes from it.
-        """
-        import safetensors.torch
-
-        from sftkit.models import load_model
-        from sftkit.naming import canonical_state_dict
-        from sftkit.training import procedure
-
-        summary = read_json(cache / "phase1.json")
-        theta1 = safetensors.torch.load_file(str(cache / "theta1.safetensors"))
-        theta0 = canonical_state_dict(load_model(self.base(), for_task="masked-lm"))
-        deltas = {name: theta1[name] - theta0[name] for name in theta1}
-        del theta1
-        k = procedure.budget(config, sum(d.numel() for d in deltas.values()))
-        embedding = "embeddings.word_embeddings.weight" if "embeddings.word_embeddings.weight" in deltas else None
-        mask = procedure.choose_mask(deltas, k, config, embedding)
-        del deltas
-        shutil.rmtree(checkpoints, ignore_errors=True)
-        store = procedure._Checkpoints(str(checkpoints))
-        store.save_tensors(procedure.MASK_FILE, mask)
-        shutil.copyfile(cache / "theta0_head.safetensors", checkpoints / procedure.HEAD_FILE)
-        state = dict(summary["procedure_state"])
-        state.update(
-            phase="sparse",
-            config=procedure._resume_key(replace(config, resume=True)),
-            full={"steps": summary["steps"], "train_loss": summary["train_loss"]},
-        )
-        store.write_state(state)
+    def language_seed(self, seed: int) -> int:
+        """The seed whose language SFTs serve ``seed`` (the first seed's, when the preset shares them)."""
+        return self.preset.language_seed if self.preset.language_seed is not None else seed
 
     def _drop_phase1_if_done(self, code: str, seed: int) -> None:
         if self.spec.keep_phase1:
@@ -580,7 +514,7 @@ class Runner:
         predictions: list[int] = []
         references: list[int] = []
         with torch.inference_mode():
-            for batch in datamod.batches(tokens, datamod.classification_collator(tokenizer), self.preset.eval_batch_size):
+            for _, batch in datamod.batches(tokens, datamod.classification_collator(tokenizer), self.preset.eval_batch_size):
                 labels = batch.pop("labels")
                 predictions += model(**{k: v.to(device) for k, v in batch.items()}).logits.argmax(-1).tolist()
                 references += labels.tolist()

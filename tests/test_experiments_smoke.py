@@ -101,6 +101,10 @@ def test_rerun_reuses_the_cache_and_report_is_written(run: tuple[Path, list[dict
     assert set(report["analysis"]["overlap"]) >= {"jav-lt-sft vs task nusax", "smp-deft-x vs task anli"}
     text = results_md.read_text()
     assert "protocol text stays" in text and "| (b) LT-SFT |" in text
+    assert "#### Does DeFT-X beat LT-SFT here?" in text and "average difference" in text
+    assert json.loads((tmp_path / "results/xling.json").read_text())["comparisons"]["deft-x vs lt-sft"]
+    for plot in report["plots"]:
+        assert (tmp_path / "results" / plot).stat().st_size > 0 and f"](results/{plot})" in text
     assert json.loads((out / "report/results.json").read_text())["timings"]["total_seconds"] > 0
 
 
@@ -121,3 +125,29 @@ def test_user_mistakes_are_one_line_errors(layout: Path, tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="no such preset field"):
         apply_overrides(get_preset("smoke"), ["language.bogus=1"])
     assert main(["--data-dir", str(layout), "--preset", "nope", "--nusax-languages", "javanese", "--out", str(tmp_path)]) == 1
+
+
+def test_deft_x_vs_lt_sft_is_paired_by_target_and_seed() -> None:
+    from experiments.report import compare, verdict
+
+    def score(method: str, target: str, seed: int, value: float) -> dict:
+        return {"dataset": "nusax", "method": method, "target": target, "seed": seed, "value": value}
+
+    scores = [score("lt-sft", t, s, 0.50) for t in ("jav", "sun") for s in (1, 2, 3)]
+    scores += [score("deft-x", t, s, 0.50 + (0.02 if t == "jav" else -0.01) * s) for t in ("jav", "sun") for s in (1, 2, 3)]
+    result = compare(scores, "deft-x", "lt-sft")["nusax"]
+    assert (result["pairs"], result["wins"], result["losses"]) == (6, 3, 3)
+    assert result["avg_difference_per_seed"] == pytest.approx([0.005, 0.01, 0.015])
+    text = verdict({"nusax": result}, "DeFT-X", "LT-SFT")
+    assert "DeFT-X beats LT-SFT" in text and "+1.0 ± 0.5 points over 3 seed(s)" in text
+    worse = [dict(s, value=0.4) if s["method"] == "deft-x" else s for s in scores]
+    assert "does not beat" in verdict(compare(worse, "deft-x", "lt-sft"), "DeFT-X", "LT-SFT")
+
+
+def test_language_seed_shares_language_sfts_across_seeds(layout: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    spec = RunSpec(data_dir=layout, out=tmp_path, preset=replace(get_preset("smoke"), language_seed=1), seeds=(1, 2, 3))
+    runner = Runner(spec)
+    assert [runner.language_seed(s) for s in (1, 2, 3)] == [1, 1, 1]
+    assert Runner(replace(spec, preset=get_preset("smoke"))).language_seed(2) == 2

@@ -261,3 +261,16 @@ def test_sample_corpus_is_shipped_and_small():
         D.check_labels(test, ["negative", "neutral", "positive"])
         # The shipped language text never contains a test sentence.
         assert not set(test.texts) & set(D.read_texts(sample_path(f"{language}-text")))
+
+
+def test_evaluation_batches_group_by_length_and_cover_every_item_once():
+    items = [{"input_ids": list(range(n)), "label": n} for n in (5, 1, 9, 3, 3, 7, 2)]
+    seen: list[int] = []
+    lengths: list[list[int]] = []
+    for indices, batch in D.batches(items, lambda rows: rows, 3):
+        assert [row["label"] for row in batch] == [items[i]["label"] for i in indices]
+        seen += indices
+        lengths.append([len(row["input_ids"]) for row in batch])
+    assert sorted(seen) == list(range(len(items)))
+    flat = [n for batch in lengths for n in batch]
+    assert flat == sorted(flat)  # the padding of a batch is bounded by its neighbours' lengths

@@ -321,3 +321,64 @@ def test_config_errors_are_one_line(changes, fragment):
 def test_bad_kind_is_a_config_error():
     with pytest.raises(ConfigError, match="kind"):
         train_sft(tiny_masked_lm(), mlm_dataset(n=4), stack, fast_config(), kind="translation", progress=False)
+
+
+def test_head_warmup_trains_only_the_head_and_hands_the_model_back():
+    model = tiny_masked_lm(seed=0, **NO_DROPOUT)
+    before = state_of(model)
+    head_before = {n: t.clone() for n, t in before.items() if n.startswith("lm_head.") and "decoder" not in n}
+    sft = train_sft(model, mlm_dataset(), stack, fast_config(head_warmup_steps=3), kind="language", progress=False)
+    assert sft.nnz == 300
+    assert sft.metadata.hyperparameters["head_warmup_train_loss"] is not None
+    after = state_of(model)
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # the fresh head comes back too
+    stored = {n: t for n, t in sft.dense.items() if n.startswith("lm_head.")}
+    assert stored and any(not torch.equal(stored[n], head_before[n]) for n in stored)
+
+
+def test_head_warmup_changes_where_phase_one_starts():
+    plain = train_sft(tiny_masked_lm(seed=0, **NO_DROPOUT), mlm_dataset(), stack, fast_config(), kind="language", progress=False)
+    warmed = train_sft(
+        tiny_masked_lm(seed=0, **NO_DROPOUT), mlm_dataset(), stack, fast_config(head_warmup_steps=3, head_learning_rate=5e-2),
+        kind="language", progress=False,
+    )
+    assert plain.metadata.hyperparameters["head_warmup_train_loss"] is None
+    masks = [{n: set(d.indices.tolist()) for n, d in s.deltas.items()} for s in (plain, warmed)]
+    assert masks[0] != masks[1]
+
+
+def test_phase1_cache_shares_phase_one_between_mask_methods(tmp_path):
+    cache = tmp_path / "phase1"
+    config = fast_config(head_warmup_steps=2)
+    lt = train_sft(tiny_masked_lm(seed=0, **NO_DROPOUT), mlm_dataset(), stack, config, kind="language",
+                   progress=False, phase1_cache=cache)
+    assert (cache / "theta1.safetensors").is_file() and (cache / "phase1.json").is_file()
+
+    phases: list[str] = []
+
+    class Phases(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            phases.append(model.phase)
+
+    deft = dict(method="deft-x", denoise_rank=1, residual_keep=0.0, head_warmup_steps=2)
+    shared = train_sft(tiny_masked_lm(seed=0, **NO_DROPOUT), mlm_dataset(), stack, fast_config(**deft), kind="language",
+                       progress=False, phase1_cache=cache, callbacks=[Phases()])
+    assert phases == ["sparse"]  # neither the head warm-up nor phase 1 ran again
+    alone = train_sft(tiny_masked_lm(seed=0, **NO_DROPOUT), mlm_dataset(), stack, fast_config(**deft), kind="language",
+                      progress=False)
+    assert set(shared.deltas) == set(alone.deltas)
+    for name, delta in alone.deltas.items():
+        assert torch.equal(shared.deltas[name].indices, delta.indices)
+        torch.testing.assert_close(shared.deltas[name].values, delta.values, rtol=0, atol=1e-6)
+    assert lt.metadata.hyperparameters["full_steps_run"] == shared.metadata.hyperparameters["full_steps_run"]
+
+
+def test_phase1_cache_refuses_a_different_phase_one(tmp_path):
+    cache = tmp_path / "phase1"
+    train_sft(tiny_masked_lm(seed=0), mlm_dataset(), stack, fast_config(), kind="language", progress=False, phase1_cache=cache)
+    with pytest.raises(ConfigError, match="phase-1 cache"):
+        train_sft(tiny_masked_lm(seed=0), mlm_dataset(), stack, fast_config(full_steps=5), kind="language",
+                  progress=False, phase1_cache=cache)
+    with pytest.raises(ConfigError, match="phase-1 cache"):
+        train_sft(tiny_masked_lm(seed=0), mlm_dataset(seed=3), stack, fast_config(), kind="language",
+                  progress=False, phase1_cache=cache)

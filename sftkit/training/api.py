@@ -203,6 +203,7 @@ def train_language_sft(
     allow_test_text: bool = False,
     progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
+    phase1_cache: PathLike | None = None,
 ) -> SFT:
     """Train a language SFT φ_L by masked language modelling on unlabeled text of ``language``.
 
@@ -213,6 +214,8 @@ def train_language_sft(
     ``tokenizer``; it is handed back in its θ0 state). Saved to ``output`` when given.
     ``callbacks`` (``TrainerCallback`` objects) join both phases, so a caller can time phases or keep
     phase 1's model without driving the engine itself; ``kwargs["model"].phase`` tells which phase.
+    ``phase1_cache``: a folder shared by runs that differ only in the mask method or K (LT-SFT and
+    DeFT-X variants); phase 1 runs once and the others start from its θ1 (the same computation).
     """
     from sftkit.training.procedure import train_sft
 
@@ -243,7 +246,7 @@ def train_language_sft(
     )
     sft = train_sft(
         model, dataset, collator, config, kind="language", metadata=metadata,
-        base_info=_describe(model, base), progress=progress, callbacks=callbacks,
+        base_info=_describe(model, base), progress=progress, callbacks=callbacks, phase1_cache=phase1_cache,
     )
     _save(sft, output)
     return sft
@@ -267,14 +270,15 @@ def train_task_sft(
     output: PathLike | None = None,
     progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
+    phase1_cache: PathLike | None = None,
 ) -> SFT:
     """Train a task SFT φ_T (sequence or sentence-pair classification) on labelled data.
 
     With ``language_sft`` (the *source* language's SFT) applied underneath during both phases, φ_T
     learns the task rather than the source language, which is what makes it transfer when composed
     with a target language SFT. The classification head is stored densely in φ_T; label names come
-    from the training file (sorted) or ``labels`` and go into the SFT's metadata. ``callbacks`` join
-    both phases, as in :func:`train_language_sft`.
+    from the training file (sorted) or ``labels`` and go into the SFT's metadata. ``callbacks`` and
+    ``phase1_cache`` work as in :func:`train_language_sft`.
     """
     from sftkit.training.procedure import train_sft
 
@@ -329,6 +333,7 @@ def train_task_sft(
         eval_dataset=valid_set, underlying=[_for_model(lang_sft, model)] if lang_sft is not None else (),
         metadata=metadata, base_info=_describe(model, base),
         compute_metrics=compute_metrics_for(label_names), progress=progress, callbacks=callbacks,
+        phase1_cache=phase1_cache,
     )
     if sft.metadata.label_names is None:
         sft.metadata.label_names = label_names
@@ -398,19 +403,19 @@ def evaluate(
     target = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(target).eval()
     collator = datamod.classification_collator(tok)
-    predictions: list[int] = []
-    references: list[int] = []
+    predictions: list[int] = [0] * len(dataset)
+    references: list[int] = [0] * len(dataset)
     batches = datamod.batches(dataset, collator, batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, total=(len(dataset) + batch_size - 1) // batch_size, desc="evaluate", unit="batch")
     with composed(model, [_for_model(s, model) for s in sfts], force=force), torch.inference_mode():
-        for batch in batches:
+        for items, batch in batches:
             labels = batch.pop("labels")
             logits = model(**{k: v.to(target) for k, v in batch.items()}).logits
-            predictions.extend(logits.argmax(dim=-1).tolist())
-            references.extend(labels.tolist())
+            for i, predicted, label in zip(items, logits.argmax(dim=-1).tolist(), labels.tolist(), strict=True):
+                predictions[i], references[i] = predicted, label
     result = classification_metrics(predictions, references, label_names)
     result.details = {
         "test": datamod.file_record(test_file, len(test)),

@@ -97,10 +97,20 @@ class SFTTrainingConfig:
     lr_scheduler_type: str = "linear"
     """Per phase: each phase decays from its own learning rate (transformers scheduler names)."""
     warmup_steps: int = 0
+    head_warmup_steps: int = 0
+    """Before phase 1, train the head alone (every base weight frozen) for this many steps. For a base
+    without a pretrained head (e.g. multilingual-e5 has no MLM head) this restores the paper's starting
+    point: without it, phase 1 and phase 2 spend their updates adapting the encoder to a random head.
+    The warmed head is the head's θ0 for both phases; it is stored (densely) in the SFT as usual."""
+    head_learning_rate: float | None = None
+    """Learning rate of the head warm-up; ``learning_rate`` when ``None``."""
     max_grad_norm: float = 1.0
     optim: str = "adamw_torch"
     """Any transformers ``TrainingArguments.optim``; sparse entries outside the mask stay θ0 whatever it is."""
     dataloader_num_workers: int = 0
+    group_by_length: bool = False
+    """Batch training items of similar length (transformers' length-grouped sampler): less padding,
+    faster steps when lengths vary; batches are still drawn at random."""
     use_cpu: bool = False
     ddp_backend: str | None = None
     """``gloo`` / ``nccl`` …; transformers' choice when ``None``."""
@@ -137,7 +147,9 @@ class SFTTrainingConfig:
                 raise ConfigError(f"{phase}_steps must be a positive integer, got {steps!r}")
             if epochs is not None and not float(epochs) > 0:
                 raise ConfigError(f"{phase}_epochs must be positive, got {epochs!r}")
-        for name in ("learning_rate", "sparse_learning_rate"):
+        if int(self.head_warmup_steps) < 0:
+            raise ConfigError(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps!r}")
+        for name in ("learning_rate", "sparse_learning_rate", "head_learning_rate"):
             value = getattr(self, name)
             if value is not None and not float(value) > 0:
                 raise ConfigError(f"{name} must be positive, got {value!r}")

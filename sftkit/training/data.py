@@ -309,7 +309,13 @@ def classification_collator(tokenizer: Any) -> Any:
     return DataCollatorWithPadding(tokenizer)
 
 
-def batches(dataset: TokenizedDataset, collator: Any, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Collated batches in dataset order (evaluation)."""
-    for start in range(0, len(dataset), batch_size):
-        yield collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+def batches(dataset: TokenizedDataset, collator: Any, batch_size: int) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """``(item indices, batch)`` for evaluation, items grouped by length so batches carry little padding.
+
+    Padding is most of the cost when lengths vary (a batch pads to its longest item); the indices let
+    the caller put outputs back in dataset order.
+    """
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        yield chunk, collator([dataset[i] for i in chunk])

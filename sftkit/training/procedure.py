@@ -1,5 +1,7 @@
 """The LT-SFT / DeFT-X training procedure (Ansell et al. 2022; Simon & Jyothi 2025).
 
+0. (Optional, ``head_warmup_steps``) the head alone is trained over the frozen base, for bases
+   that come without a pretrained head; the warmed head is the head's θ0 from then on.
 1. Phase 1 fine-tunes every eligible base weight and the head densely: θ0 → θ1.
 2. The mask is the global top-K of |θ1 − θ0| (LT-SFT) or of the DeFT-X-denoised difference,
    chosen by :func:`sftkit.extraction.select_mask` (the same function ``sftkit extract`` uses).
@@ -12,6 +14,10 @@ Underlying SFTs (the source-language SFT under a task SFT) are composed in durin
 measured against θ0 + φ_L and the reset goes back to θ0 + φ_L, so φ_L is not part of the result.
 Whatever happens (an exception, an interrupt), the model is handed back in its θ0 state.
 
+Phase 1 does not depend on how the mask is chosen, so methods that differ only in the mask (LT-SFT
+and the DeFT-X variants, or several K) can share it: pass the same ``phase1_cache`` folder and
+the first run stores θ1 there, the others start from the mask choice (:class:`Phase1Cache`).
+
 Distributed: every process returns the same SFT (the weights are kept identical by DDP and the mask
 is a deterministic function of them); only the main process writes checkpoint files
 (:func:`is_main_process` tells callers which process should save the result).
@@ -20,6 +26,7 @@ is a deterministic function of them); only the main process writes checkpoint fi
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -60,10 +67,15 @@ STATE_FILE = "sft_state.json"
 MASK_FILE = "mask.safetensors"
 HEAD_FILE = "theta0_head.safetensors"
 RESULT_FILE = "sft.safetensors"
-PHASE_DIRS = {"full": "phase1", "sparse": "phase2"}
+PHASE_DIRS = {"head": "phase0", "full": "phase1", "sparse": "phase2"}
 STATE_VERSION = 1
 # Settings that do not change the result; a resumed run may differ in these.
 _RESUME_FREE = ("checkpoint_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "dataloader_num_workers")
+# Settings that only decide the mask or phase 2: runs differing only in these share phase 1.
+_MASK_ONLY = (
+    "method", "num_params", "density", "denoise_energy", "denoise_rank", "residual_keep", "embedding_share",
+    "sparse_steps", "sparse_epochs", "sparse_learning_rate",
+)
 
 
 def is_main_process() -> bool:
@@ -162,6 +174,93 @@ class _Checkpoints:
         return get_last_checkpoint(folder) if os.path.isdir(folder) else None
 
 
+class Phase1Cache:
+    """A finished phase 1 kept for runs that differ only in the mask: θ1 of the eligible weights,
+    the θ0 head phase 1 started from (the warmed head, with ``head_warmup_steps``), and a key.
+
+    The key covers everything phase 1 depends on: the config without its mask/phase-2 fields, the
+    kind, the base fingerprint, the training data (length + content digest of a sample of items)
+    and the underlying SFTs. A cache with another key is refused with a one-line error, so a cache
+    can never silently stand in for a different phase 1.
+    """
+
+    THETA1 = "theta1.safetensors"
+    HEAD = "theta0_head.safetensors"
+    SUMMARY = "phase1.json"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.root = os.fspath(path)
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def exists(self) -> bool:
+        return all(os.path.isfile(self.file(n)) for n in (self.THETA1, self.HEAD, self.SUMMARY))
+
+    def load(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]] | None:
+        """``(θ1, θ0 head, phase-1 summary)``, or ``None`` when the folder holds no finished phase 1."""
+        if not self.exists():
+            return None
+        with open(self.file(self.SUMMARY), encoding="utf-8") as fh:
+            summary = json.load(fh)
+        if summary.get("key") != key:
+            raise ConfigError(
+                f"{self.root}: this phase-1 cache was made by a run with other data, base or phase-1 settings; "
+                "use another phase1_cache folder (or delete this one)"
+            )
+        theta1 = safetensors.torch.load_file(self.file(self.THETA1), device="cpu")
+        head = safetensors.torch.load_file(self.file(self.HEAD), device="cpu")
+        return theta1, head, summary["full"]
+
+    def save(self, key: str, theta1: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor], full: dict[str, Any]) -> None:
+        """Write the cache; the summary (with the key) goes last, so a half-written cache is never read."""
+        os.makedirs(self.root, exist_ok=True)
+        for name, tensors in ((self.THETA1, theta1), (self.HEAD, head)):
+            with atomic_path(self.file(name)) as tmp:
+                safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+        atomic_write_text(self.file(self.SUMMARY), json.dumps({"key": key, "full": full}, indent=1, sort_keys=True))
+
+
+def _phase1_key(
+    config: SFTTrainingConfig, kind: str, info: BaseModelInfo, train_dataset: Any, underlying: Sequence[SFT]
+) -> str:
+    from sftkit.training.trainer import _digest_value
+
+    h = hashlib.sha256()
+    settings = {k: v for k, v in _resume_key(config).items() if k not in _MASK_ONLY}
+    h.update(json.dumps({"kind": kind, "base": info.fingerprint, "config": settings}, sort_keys=True).encode())
+    n = len(train_dataset)
+    h.update(str(n).encode())
+    for i in sorted({0, 1, n // 2, n - 2, n - 1} & set(range(n))):
+        _digest_value(h, train_dataset[i])
+    for sft in underlying:
+        for name in sorted(sft.deltas):
+            delta = sft.deltas[name]
+            h.update(name.encode())
+            _digest_value(h, delta.indices)
+            _digest_value(h, delta.values)
+        for name in sorted(sft.dense):
+            h.update(name.encode())
+            _digest_value(h, sft.dense[name])
+    return h.hexdigest()
+
+
+def _warm_up_head(module: SFTModule, head: Mapping[str, Any], eligible: Mapping[str, Any], config: SFTTrainingConfig,
+                  *, output_dir: str, common: dict[str, Any]) -> dict[str, Any]:
+    """Train only the head over the frozen base (``head_warmup_steps``); no checkpoints: it is short."""
+    for info in eligible.values():
+        info.parameter.requires_grad_(False)
+    try:
+        trainer, summary = _run_phase(module, config, "head", output_dir=output_dir, resume_from=None,
+                                      **{**common, "checkpoints": None, "eval_dataset": None})
+        del trainer
+        gc.collect()
+    finally:
+        for info in eligible.values():
+            info.parameter.requires_grad_(True)
+    return summary
+
+
 def _resume_key(config: SFTTrainingConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in _RESUME_FREE}
 
@@ -178,9 +277,12 @@ def _base_info(model: nn.Module, given: BaseModelInfo | None) -> BaseModelInfo:
 def _training_args(
     config: SFTTrainingConfig, phase: str, output_dir: str, *, checkpoints: bool, progress: bool
 ) -> TrainingArguments:
-    steps = config.full_steps if phase == "full" else config.sparse_steps
-    epochs = config.full_epochs if phase == "full" else config.sparse_epochs
-    lr = config.learning_rate if phase == "full" else (config.sparse_learning_rate or config.learning_rate)
+    if phase == "head":
+        steps, epochs, lr = config.head_warmup_steps, None, config.head_learning_rate or config.learning_rate
+    else:
+        steps = config.full_steps if phase == "full" else config.sparse_steps
+        epochs = config.full_epochs if phase == "full" else config.sparse_epochs
+        lr = config.learning_rate if phase == "full" else (config.sparse_learning_rate or config.learning_rate)
     return TrainingArguments(
         output_dir=output_dir,
         max_steps=int(steps) if steps is not None else -1,
@@ -204,6 +306,7 @@ def _training_args(
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=config.dataloader_num_workers,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         use_cpu=config.use_cpu,
         ddp_backend=config.ddp_backend,
         ddp_broadcast_buffers=False,
@@ -262,6 +365,7 @@ def train_sft(
     compute_metrics: Any = None,
     progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
+    phase1_cache: str | os.PathLike[str] | None = None,
 ) -> SFT:
     """Train a language (``kind="language"``, MLM head) or task (``"task"``, classifier) SFT.
 
@@ -270,6 +374,8 @@ def train_sft(
     turns dataset items into batches with ``labels`` (MLM: -100 at unmasked positions); its
     randomness is re-seeded per batch from the batch content (resume-exact). ``callbacks`` are
     ``TrainerCallback`` objects added to both phases (``kwargs["model"].phase`` tells which).
+    ``phase1_cache`` is a folder shared by runs that differ only in the mask (:class:`Phase1Cache`):
+    the first stores its phase 1 there, later ones skip phase 1 (and the head warm-up).
     Every process of a distributed run returns the same SFT.
     """
     config.validate()
@@ -305,7 +411,8 @@ def train_sft(
         stack.callback(lambda: [p.requires_grad_(flag) for p, flag in grad_flags])
         if has_tie and untie:
             stack.callback(untie_decoder(model, freeze=freeze_decoder))
-        stack.callback(_restore, trained, theta0)  # runs first: θ0 (+ φ_L) back into every trained tensor
+        original: dict[str, torch.Tensor] = {}
+        stack.callback(_restore, trained, original)  # runs first: θ0 (+ φ_L) back into every trained tensor
 
         eligible = eligible_parameters(
             model,
@@ -321,6 +428,7 @@ def train_sft(
             _sync_head(checkpoints, head, resuming=resuming)
         trained.update({n: p.parameter for n, p in {**eligible, **head}.items()})
         theta0.update({n: p.detach().to("cpu", copy=True) for n, p in trained.items()})
+        original.update(theta0)  # the head as handed in, even when a warm-up or cache replaces θ0's head
         for param in model.parameters():
             param.requires_grad_(False)
         for param in trained.values():
@@ -347,23 +455,48 @@ def train_sft(
         )
 
         if state["phase"] == "full":
-            output_dir = checkpoints.phase_dir("full") if checkpoints else os.path.join(scratch, "phase1")
-            resume_from = checkpoints.last("full") if checkpoints and resuming else None
-            trainer, state["full"] = _run_phase(
-                module, config, "full", output_dir=output_dir, resume_from=resume_from, **common
-            )
-            deltas = {n: eligible[n].parameter.detach().to("cpu") - theta0[n] for n in eligible}
+            cache = Phase1Cache(phase1_cache) if phase1_cache is not None else None
+            key = _phase1_key(config, kind, info, train_dataset, underlying) if cache is not None else ""
+            cached = cache.load(key) if cache is not None else None
+            if cached is not None:
+                theta1, cached_head, state["full"] = cached
+                _load_head(head, cached_head, cache.file(cache.HEAD))
+                theta0.update({n: t.clone() for n, t in cached_head.items()})
+                deltas = {n: theta1[n] - theta0[n] for n in eligible}
+                del theta1
+                logger.info("phase 1 taken from %s", cache.root)
+            else:
+                if config.head_warmup_steps and "head_warmup" not in state:
+                    output_dir = checkpoints.phase_dir("head") if checkpoints else os.path.join(scratch, "phase0")
+                    state["head_warmup"] = _warm_up_head(module, head, eligible, config, output_dir=output_dir, common=common)
+                    theta0.update({n: p.parameter.detach().to("cpu", copy=True) for n, p in head.items()})
+                    if checkpoints is not None and is_main_process():
+                        checkpoints.save_tensors(HEAD_FILE, {n: p.parameter for n, p in head.items()})
+                        checkpoints.write_state(state)
+                output_dir = checkpoints.phase_dir("full") if checkpoints else os.path.join(scratch, "phase1")
+                resume_from = checkpoints.last("full") if checkpoints and resuming else None
+                trainer, state["full"] = _run_phase(
+                    module, config, "full", output_dir=output_dir, resume_from=resume_from, **common
+                )
+                deltas = {n: eligible[n].parameter.detach().to("cpu") - theta0[n] for n in eligible}
+                if cache is not None and trainer.is_world_process_zero():
+                    theta1 = {n: eligible[n].parameter.detach().to("cpu") for n in eligible}
+                    cache.save(key, theta1, {n: theta0[n] for n in head}, state["full"])
+                    del theta1
+                trainer.accelerator.wait_for_everyone()
+                del trainer
+                gc.collect()  # drop phase 1's DDP wrapper (and its gradient hooks on the head) before phase 2
             mask = choose_mask(deltas, k, config, word_embedding_name(model))
             del deltas
             if checkpoints is not None:
-                if trainer.is_world_process_zero():
+                if is_main_process():
                     checkpoints.save_tensors(MASK_FILE, mask)
+                    checkpoints.save_tensors(HEAD_FILE, {n: theta0[n] for n in head})
                     state["phase"] = "sparse"
                     checkpoints.write_state(state)
                     shutil.rmtree(checkpoints.phase_dir("full"), ignore_errors=True)
-                trainer.accelerator.wait_for_everyone()
-            del trainer
-            gc.collect()  # drop phase 1's DDP wrapper (and its gradient hooks on the head) before phase 2
+                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                    torch.distributed.barrier()
         else:
             mask = checkpoints.load_tensors(MASK_FILE)  # type: ignore[union-attr]
 
@@ -436,15 +569,18 @@ def _start_state(
     return existing, True
 
 
+def _load_head(head: Mapping[str, Any], saved: Mapping[str, torch.Tensor], source: str) -> None:
+    if set(saved) != set(head):
+        raise ConfigError(f"{source}: head parameters differ from this model's; use the same model class")
+    with torch.no_grad():
+        for name, info in head.items():
+            info.parameter.copy_(saved[name])
+
+
 def _sync_head(checkpoints: _Checkpoints, head: Mapping[str, Any], *, resuming: bool) -> None:
     """Keep the θ0 head of the interrupted run: a rebuilt model may initialise a fresh head differently."""
     if resuming:
-        saved = checkpoints.load_tensors(HEAD_FILE)
-        if set(saved) != set(head):
-            raise ConfigError(f"{checkpoints.path(HEAD_FILE)}: head parameters differ from this model's; resume with the same model class")
-        with torch.no_grad():
-            for name, info in head.items():
-                info.parameter.copy_(saved[name])
+        _load_head(head, checkpoints.load_tensors(HEAD_FILE), checkpoints.path(HEAD_FILE))
     elif is_main_process():
         checkpoints.save_tensors(HEAD_FILE, {n: p.parameter for n, p in head.items()})
 
@@ -475,6 +611,7 @@ def _hyperparameters(
         sparse_steps_run=state.get("sparse", {}).get("steps"),
         full_train_loss=state.get("full", {}).get("train_loss"),
         sparse_train_loss=state.get("sparse", {}).get("train_loss"),
+        head_warmup_train_loss=state.get("head_warmup", {}).get("train_loss"),
         world_size=int(trainer.args.world_size),
         global_batch_size=int(config.batch_size * trainer.args.world_size * config.gradient_accumulation_steps),
         underlying=[
