@@ -199,6 +199,10 @@ def _dense_saver(path: Path) -> Any:
 # --------------------------------------------------------------------------------------------- runner
 
 
+class UnitBusy(Exception):
+    """A unit of work is held by another process sharing the run folder."""
+
+
 class Runner:
     """Builds every unit of the protocol on demand, from the cache when it is there."""
 
@@ -210,6 +214,8 @@ class Runner:
         self.manifest: dict[str, Any] = {}
         self._base: str | None = None
         self._tokenizer: Any = None
+        self.poll_seconds = 10.0
+        """How long to wait when every remaining unit is held by another process."""
 
     # ---- layout of the output folder
     def lang_path(self, code: str, method: str, seed: int) -> Path:
@@ -378,6 +384,14 @@ class Runner:
         output = self.lang_path(code, method, seed)
         if output.is_file():
             return output
+        # One claim per language and seed: its mask methods share (and must not race for) phase 1.
+        with self._claim(f"language-{code}-seed{seed}"):
+            return self._language_sft(code, method, seed)
+
+    def _language_sft(self, code: str, method: str, seed: int) -> Path:
+        output = self.lang_path(code, method, seed)
+        if output.is_file():
+            return output
         unit = f"language-{code}-{method}-seed{seed}"
         checkpoints = self.checkpoint_dir(unit)
         cache = self.phase1_dir(code, seed)
@@ -430,6 +444,14 @@ class Runner:
         if output.is_file() and (dense.is_file() or not needs_dense):
             return output
         unit = f"task-{dataset}-{output_method}-seed{seed}"
+        with self._claim(unit):
+            if output.is_file() and (dense.is_file() or not needs_dense):
+                return output
+            return self._task_sft(dataset, method, output_method, seed, unit, needs_dense)
+
+    def _task_sft(self, dataset: str, method: str, output_method: str, seed: int, unit: str, needs_dense: bool) -> Path:
+        output = self.task_path(dataset, output_method, seed)
+        dense = self.dense_path(dataset, seed)
         checkpoints = self.checkpoint_dir(unit)
         if output.is_file():  # the SFT is there but (f) needs phase 1 again: retrain from scratch
             shutil.rmtree(checkpoints, ignore_errors=True)
@@ -465,6 +487,13 @@ class Runner:
         path = self.score_path(dataset, method, target, seed)
         if path.is_file():
             return read_json(path)
+        with self._claim(f"score-{dataset}-{method}-{target}-seed{seed}"):
+            if path.is_file():
+                return read_json(path)
+            return self._score(dataset, method, target, seed)
+
+    def _score(self, dataset: str, method: str, target: str, seed: int) -> dict[str, Any]:
+        path = self.score_path(dataset, method, target, seed)
         task = self.task_sft(dataset, method, seed)
         language = self.language_sft(target, method, seed) if method in SPARSE_WITH_LANGUAGE else None
         test = self.manifest["tasks"][dataset]["test"][target]["file"]
@@ -526,16 +555,50 @@ class Runner:
         started = time.perf_counter()
         with _timed(self.out / "timings" / "prepare-data.json", "data preparation"):
             self.prepare_data()
-        records = []
-        for seed in self.spec.seeds:
-            for dataset in self.datasets():
-                for method in self.spec.methods:
-                    for target in self.targets(dataset):
-                        record = self.score(dataset, method, target, seed)
-                        logger.info("%s %s %s seed %d: %s = %.4f", dataset, method, target, seed, record["metric"], record["value"])
-                        records.append(record)
+        wanted = [
+            (dataset, method, target, seed)
+            for seed in self.spec.seeds
+            for dataset in self.datasets()
+            for method in self.spec.methods
+            for target in self.targets(dataset)
+        ]
+        records: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+        pending = list(wanted)
+        while pending:
+            busy = []
+            for key in pending:
+                try:
+                    record = self.score(*key)
+                except UnitBusy:
+                    busy.append(key)  # another process of this run is on it (or on what it needs)
+                    continue
+                logger.info("%s %s %s seed %d: %s = %.4f", *key, record["metric"], record["value"])
+                records[key] = record
+            if busy and len(busy) == len(pending):
+                time.sleep(self.poll_seconds)
+            pending = busy
         logger.info("done in %.1f s (this invocation)", time.perf_counter() - started)
-        return records
+        return [records[key] for key in wanted]
+
+    @contextmanager
+    def _claim(self, unit: str) -> Iterator[None]:
+        """Hold ``unit`` for this process, so several processes can share one run folder.
+
+        Each process takes the units nobody holds and comes back to the others; a crashed holder
+        releases its claim with its file descriptor (an OS file lock, not a marker file).
+        """
+        from filelock import FileLock, Timeout
+
+        (self.out / "locks").mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.out / "locks" / f"{unit}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise UnitBusy(unit) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
 
 # ------------------------------------------------------------------------------------------------ CLI

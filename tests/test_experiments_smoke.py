@@ -151,3 +151,37 @@ def test_language_seed_shares_language_sfts_across_seeds(layout: Path, tmp_path:
     runner = Runner(spec)
     assert [runner.language_seed(s) for s in (1, 2, 3)] == [1, 1, 1]
     assert Runner(replace(spec, preset=get_preset("smoke"))).language_seed(2) == 2
+
+
+def test_processes_sharing_a_run_folder_skip_held_units_and_come_back(run: tuple[Path, list[dict]], layout: Path) -> None:
+    """A unit held by another process is deferred, not retrained in parallel; the run waits for it."""
+    import subprocess
+    import sys
+
+    from experiments.xling import UnitBusy
+
+    out, records = run
+    score = out / "scores/nusax/zero-shot/jav/seed1.json"
+    before = json.loads(score.read_text())
+    score.unlink()
+    runner = Runner(RunSpec(data_dir=layout, out=out, preset=get_preset("smoke"), nusax_languages=("javanese",),
+                            methods=("zero-shot", "lt-sft"), seeds=(1,)))
+    runner.poll_seconds = 0.05
+    lock = out / "locks/score-nusax-zero-shot-jav-seed1.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from filelock import FileLock; import time; l = FileLock({str(lock)!r}); l.acquire();"
+         "print('held', flush=True); time.sleep(1.0); l.release()"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        runner.check()
+        runner.prepare_data()
+        with pytest.raises(UnitBusy):
+            runner.score("nusax", "zero-shot", "jav", 1)
+        assert not score.exists()
+        got = runner.run()  # lt-sft comes from the cache; zero-shot waits for the release, then scores
+    finally:
+        holder.wait(timeout=30)
+    assert [(r["method"], r["value"]) for r in got] == [("zero-shot", before["value"]), ("lt-sft", got[1]["value"])]
+    assert json.loads(score.read_text())["value"] == before["value"]

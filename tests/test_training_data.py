@@ -274,3 +274,24 @@ def test_evaluation_batches_group_by_length_and_cover_every_item_once():
     assert sorted(seen) == list(range(len(items)))
     flat = [n for batch in lengths for n in batch]
     assert flat == sorted(flat)  # the padding of a batch is bounded by its neighbours' lengths
+
+
+def test_trained_tokenizer_is_the_same_in_every_process():
+    """Token ids must not change between runs (the demo and tests rely on a seed being enough)."""
+    import subprocess
+    import sys
+
+    script = (
+        "from sftkit.data import sample_path; from sftkit.training import data as D;"
+        "from sftkit.training.tokenizer import train_tokenizer;"
+        "t = train_tokenizer(D.read_texts(sample_path('jav-text')), vocab_size=400);"
+        "print(t.backend_tokenizer.to_str())"
+    )
+    runs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout for _ in range(2)}
+    assert len(runs) == 1
+
+
+def test_trained_tokenizer_frames_like_xlm_r(tokenizer):
+    ids = tokenizer("apa kabar", "sae")["input_ids"]
+    assert ids[0] == 0 and ids.count(2) == 3 and tokenizer.mask_token_id == 4 and tokenizer.pad_token_id == 1
+    assert tokenizer.decode(tokenizer("apa kabar")["input_ids"], skip_special_tokens=True) == "apa kabar"
