@@ -102,6 +102,10 @@ def test_rerun_reuses_the_cache_and_report_is_written(run: tuple[Path, list[dict
     text = results_md.read_text()
     assert "protocol text stays" in text and "| (b) LT-SFT |" in text
     assert "#### Does DeFT-X beat LT-SFT here?" in text and "average difference" in text
+    assert "Macro-F1 × 100 of the same predictions" in text  # beside AmericasNLI's accuracy
+    assert report["table_macro_f1"]["anli"]["methods"]["lt-sft"]["smp"]["mean"] == next(
+        r["macro_f1"] for r in records if r["dataset"] == "anli" and r["method"] == "lt-sft"
+    )
     assert json.loads((tmp_path / "results/xling.json").read_text())["comparisons"]["deft-x vs lt-sft"]
     for plot in report["plots"]:
         assert (tmp_path / "results" / plot).stat().st_size > 0 and f"](results/{plot})" in text
