@@ -245,8 +245,9 @@ def _phase1_key(
     return h.hexdigest()
 
 
-def _warm_up_head(module: SFTModule, head: Mapping[str, Any], eligible: Mapping[str, Any], config: SFTTrainingConfig,
-                  *, output_dir: str, common: dict[str, Any]) -> dict[str, Any]:
+def _warm_up_head(
+    module: SFTModule, eligible: Mapping[str, Any], config: SFTTrainingConfig, *, output_dir: str, common: dict[str, Any]
+) -> dict[str, Any]:
     """Train only the head over the frozen base (``head_warmup_steps``); no checkpoints: it is short."""
     for info in eligible.values():
         info.parameter.requires_grad_(False)
@@ -468,7 +469,7 @@ def train_sft(
             else:
                 if config.head_warmup_steps and "head_warmup" not in state:
                     output_dir = checkpoints.phase_dir("head") if checkpoints else os.path.join(scratch, "phase0")
-                    state["head_warmup"] = _warm_up_head(module, head, eligible, config, output_dir=output_dir, common=common)
+                    state["head_warmup"] = _warm_up_head(module, eligible, config, output_dir=output_dir, common=common)
                     theta0.update({n: p.parameter.detach().to("cpu", copy=True) for n, p in head.items()})
                     if checkpoints is not None and is_main_process():
                         checkpoints.save_tensors(HEAD_FILE, {n: p.parameter for n, p in head.items()})
