@@ -322,9 +322,34 @@ def write_nusax_split(layout: Layout, folder: str, split: str, output: Path, lim
     return write_tsv(output, ("text", "label"), _limited(rows, limit))
 
 
-def write_sick_split(layout: Layout, splits: Sequence[str], output: Path, limit: int | None = None) -> int:
+def balanced(rows: list[dict[str, str]], limit: int | None = None, key: str = "label") -> list[dict[str, str]]:
+    """Every label equally often: each class sampled (seed 0) down to the rarest class's count, or to
+    ``limit // classes``; the result is shuffled so batches mix the classes.
+
+    SICK is 57 % neutral and 14 % contradiction while AmericasNLI is balanced; a classifier trained on
+    SICK's prior falls back to "neutral" for every pair in a language it cannot read.
+    """
+    by_label: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_label.setdefault(row[key], []).append(row)
+    if not by_label:
+        return []
+    per_class = min(len(group) for group in by_label.values())
+    if limit is not None:
+        per_class = min(per_class, limit // len(by_label))
+    rng = random.Random(0)
+    chosen = [row for label in sorted(by_label) for row in rng.sample(by_label[label], per_class)]
+    rng.shuffle(chosen)
+    return chosen
+
+
+def write_sick_split(
+    layout: Layout, splits: Sequence[str], output: Path, limit: int | None = None, *, balance: bool = False
+) -> int:
+    """SICK rows of ``splits`` as an NLI TSV; ``balance`` gives every label the same count (see :func:`balanced`)."""
     rows = [r for r in read_sick(layout.sick) if r["split"] in splits]
-    return write_tsv(output, ("premise", "hypothesis", "label"), _limited(rows, limit))
+    chosen = balanced(rows, limit) if balance else _limited(rows, limit)
+    return write_tsv(output, ("premise", "hypothesis", "label"), chosen)
 
 
 def write_anli_split(layout: Layout, language: str, split: str, output: Path, limit: int | None = None) -> int:

@@ -50,6 +50,8 @@ class Preset:
     training steps can see only costs time."""
     nusax_train_rows: int | None = None
     sick_train_rows: int | None = None
+    sick_balance: bool = False
+    """Sample SICK TRAIN to equal label counts (AmericasNLI is balanced; SICK is 57 % neutral)."""
     valid_rows: int | None = None
     test_rows: int | None = None
     """Slice of every test file (smoke only: the real protocol scores every test row)."""
@@ -112,6 +114,9 @@ DEFAULT = Preset(
     language_seed=1,
     max_text_lines=20_000,
     sick_train_rows=2_000,
+    # Chosen on AmericasNLI *dev* (allowed): SICK's label prior made every task SFT answer "neutral" for
+    # every target pair (dev accuracy 33.2 %); class-balanced SICK (641 rows per label) gave 40 %.
+    sick_balance=True,
     logging_steps=10,
     save_steps=20,
     eval_batch_size=64,

@@ -323,7 +323,9 @@ class Runner:
             tasks["anli"] = {
                 "train": str(folder / "anli" / "train.tsv"), "valid": str(folder / "anli" / "valid.tsv"), "test": {},
                 "rows": {
-                    "train": ds.write_sick_split(self.layout, ("TRAIN",), folder / "anli" / "train.tsv", p.sick_train_rows),
+                    "train": ds.write_sick_split(
+                        self.layout, ("TRAIN",), folder / "anli" / "train.tsv", p.sick_train_rows, balance=p.sick_balance
+                    ),
                     "valid": ds.write_sick_split(self.layout, ("TRIAL",), folder / "anli" / "valid.tsv", p.valid_rows),
                 },
             }

@@ -189,3 +189,23 @@ def test_processes_sharing_a_run_folder_skip_held_units_and_come_back(run: tuple
         holder.wait(timeout=30)
     assert [(r["method"], r["value"]) for r in got] == [("zero-shot", before["value"]), ("lt-sft", got[1]["value"])]
     assert json.loads(score.read_text())["value"] == before["value"]
+
+
+
+def test_balanced_sick_has_equal_label_counts(layout: Path, tmp_path: Path) -> None:
+    import csv
+    from collections import Counter
+
+    rows = [{"label": label, "premise": f"{label} {i}"} for label, n in (("neutral", 9), ("entailment", 5), ("contradiction", 2))
+            for i in range(n)]
+    chosen = ds.balanced(rows)
+    assert Counter(r["label"] for r in chosen) == {"neutral": 2, "entailment": 2, "contradiction": 2}
+    assert len({r["premise"] for r in chosen}) == 6 and chosen == ds.balanced(rows)  # distinct rows, reproducible
+    assert [r["label"] for r in chosen] != sorted(r["label"] for r in chosen)  # shuffled, not grouped by label
+    assert Counter(r["label"] for r in ds.balanced(rows, limit=3)) == {"neutral": 1, "entailment": 1, "contradiction": 1}
+
+    out = tmp_path / "train.tsv"
+    assert ds.write_sick_split(ds.Layout(layout), ("TRAIN",), out, limit=7, balance=True) == 6
+    with open(out, encoding="utf-8") as handle:
+        labels = Counter(r["label"] for r in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    assert labels == {"neutral": 2, "entailment": 2, "contradiction": 2}
