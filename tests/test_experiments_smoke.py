@@ -209,3 +209,21 @@ def test_balanced_sick_has_equal_label_counts(layout: Path, tmp_path: Path) -> N
     with open(out, encoding="utf-8") as handle:
         labels = Counter(r["label"] for r in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     assert labels == {"neutral": 2, "entailment": 2, "contradiction": 2}
+
+
+def test_calibration_scores_anli_dev_with_predicted_label_counts(
+    run: tuple[Path, list[dict]], layout: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from experiments.calibrate import main as calibrate
+
+    out, _ = run
+    common = ["--run", str(out), "--model-dir", str(out / "base"), "--dataset", "anli", "--steps", "2", "--num-params", "200",
+              "--max-seq-length", "32", "--head-warmup-steps", "1"]
+    assert calibrate([*common, "--anli-dev", "smp"]) == 1  # no --data-dir: refused before any training
+    assert "--anli-dev needs" in capsys.readouterr().err
+    assert calibrate([*common, "--anli-dev", "smp", "--data-dir", str(layout)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"anli_dev"')]
+    assert [line["anli_dev"] for line in lines] == ["smp"]
+    dev_rows = len((layout / "americasnli" / "dev" / "smp.tsv").read_text(encoding="utf-8").splitlines()) - 1
+    assert lines[0]["n"] == dev_rows == sum(lines[0]["predicted"].values())
+    assert 0.0 <= lines[0]["accuracy"] <= 1.0
