@@ -120,10 +120,10 @@ def verdict(comparison: dict[str, Any], method: str, baseline: str) -> str:
         if std is not None and abs(mean) <= std:
             word = "does not beat" if mean <= 0 else "is not reliably better than"
             tail = "the difference is within the seed-to-seed spread"
+        elif round(mean, 1) == 0:
+            mean, word, tail = 0.0, "ties with", "equal to the 0.1 point shown"
         elif mean > 0:
             word, tail = "beats", "the difference exceeds the seed-to-seed spread" if std is not None else "one seed only"
-        elif mean == 0:
-            word, tail = "ties with", "identical scores"
         else:
             word, tail = "does not beat", "it is worse on average"
         lines.append(

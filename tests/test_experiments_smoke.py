@@ -146,6 +146,10 @@ def test_deft_x_vs_lt_sft_is_paired_by_target_and_seed() -> None:
     assert "DeFT-X beats LT-SFT" in text and "+1.0 ± 0.5 points over 3 seed(s)" in text
     worse = [dict(s, value=0.4) if s["method"] == "deft-x" else s for s in scores]
     assert "does not beat" in verdict(compare(worse, "deft-x", "lt-sft"), "DeFT-X", "LT-SFT")
+    one_seed = [s for s in scores if s["seed"] == 1 and s["method"] == "lt-sft"]
+    one_seed += [score("deft-x", "jav", 1, 0.5004), score("deft-x", "sun", 1, 0.4995)]  # -0.005 points: shown as 0.0
+    text = verdict(compare(one_seed, "deft-x", "lt-sft"), "DeFT-X", "LT-SFT")
+    assert "DeFT-X ties with LT-SFT" in text and "+0.0 points over 1 seed(s)" in text and "-0.0" not in text
 
 
 def test_language_seed_shares_language_sfts_across_seeds(layout: Path, tmp_path: Path) -> None:
