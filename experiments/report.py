@@ -128,7 +128,7 @@ def verdict(comparison: dict[str, Any], method: str, baseline: str) -> str:
             word, tail = "does not beat", "it is worse on average"
         lines.append(
             f"- {DATASET_NAMES.get(dataset, dataset)}: {method} {word} {baseline} — average difference "
-            f"{mean:+.1f}{spread} points over {avg['n_seeds']} seed(s) ({tail}); per (target, seed) pair "
+            f"{round(mean, 1) + 0.0:+.1f}{spread} points over {avg['n_seeds']} seed(s) ({tail}); per (target, seed) pair "
             f"{c['wins']} wins, {c['losses']} losses, {c['ties']} ties."
         )
     return "\n".join(lines)

@@ -150,6 +150,11 @@ def test_deft_x_vs_lt_sft_is_paired_by_target_and_seed() -> None:
     one_seed += [score("deft-x", "jav", 1, 0.5004), score("deft-x", "sun", 1, 0.4995)]  # -0.005 points: shown as 0.0
     text = verdict(compare(one_seed, "deft-x", "lt-sft"), "DeFT-X", "LT-SFT")
     assert "DeFT-X ties with LT-SFT" in text and "+0.0 points over 1 seed(s)" in text and "-0.0" not in text
+    offsets = {1: -0.001, 2: 0.0008, 3: -0.0003}  # per-seed differences straddle zero: mean -0.017 points
+    spread = [s for s in scores if s["method"] == "lt-sft"]
+    spread += [dict(s, method="deft-x", value=s["value"] + offsets[s["seed"]]) for s in spread]
+    text = verdict(compare(spread, "deft-x", "lt-sft"), "DeFT-X", "LT-SFT")
+    assert "+0.0 ± 0.1 points" in text and "within the seed-to-seed spread" in text and "-0.0" not in text
 
 
 def test_language_seed_shares_language_sfts_across_seeds(layout: Path, tmp_path: Path) -> None:
