@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     from experiments.datasets import Layout
 
-    missing = [Layout(args.data_dir).anli_split(code, "dev") for code in dev_languages]
+    missing = [Layout(args.data_dir).anli_split(code, "dev") for code in dev_languages] if dev_languages else []
     missing = [path for path in missing if not path.is_file()]
     if missing:
         print(f"Error: {missing[0]} is missing; --anli-dev names AmericasNLI dev files under --data-dir", file=sys.stderr)
@@ -80,8 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "seed": args.seed, "head_warmup_steps": args.head_warmup_steps,
                       "train_rows": (data / "train.tsv").read_text(encoding="utf-8").count("\n") - 1,
                       "seconds": round(time.perf_counter() - started, 1), "validation": evaluation}, indent=1))
+    if not dev_languages:
+        return 0
     try:
-        for language, scores in _anli_dev(args.data_dir or Path("."), dev_languages, args.model_dir, sft, args.run).items():
+        for language, scores in _anli_dev(args.data_dir, dev_languages, args.model_dir, sft, args.run).items():
             print(json.dumps({"anli_dev": language, **scores}))
     except SFTError as exc:
         print(f"Error: {exc}", file=sys.stderr)
